@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Builds Caffe with the JCDL layers: fetches pristine upstream source (or takes
+# CAFFE_SRC), checks it, applies caffe_KL/patches, overlays caffe_KL's own
+# sources, configures with CMake and builds into build/<flavour>/.
+#
+# usage: caffe_KL/build.sh cpu|cuda [extra cmake --build targets...]
+# env:   CAFFE_SRC=/path   use this BVLC Caffe tree instead of the download
+#        CUDA_ARCH=90      GPU architecture(s) for the cuda flavour ("80 90")
+#        USE_CUDNN=0|1     cuda flavour only (default 0, see README)
+#        JOBS=N            parallel compile jobs (default: all cores)
+#        PYTHON=path       python whose numpy headers pycaffe is built against
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(dirname "$here")
+flavour=${1:-cpu}; shift || true
+case $flavour in cpu|cuda) ;; *) echo "build.sh: flavour must be cpu or cuda, not '$flavour'" >&2; exit 2;; esac
+
+out=$root/build/$flavour
+src=$out/src
+bin=$out/build
+jobs=${JOBS:-$(nproc)}
+python=${PYTHON:-$root/.venv/bin/python}
+
+# Debian's maintained source of BVLC Caffe (bullseye), pinned by its published SHA-256.
+version=1.0.0+git20180821.99bd997
+url=http://deb.debian.org/debian/pool/main/c/caffe/caffe_${version}.orig.tar.gz
+sha256=e0eb3f06794f7402c77b7dec8e8480273ee1a1bb192e9122b621a69d4147ad0c
+cache=${XDG_CACHE_HOME:-$HOME/.cache}/jcdl
+tarball=$cache/caffe_${version}.orig.tar.gz
+
+log() { echo "[caffe_KL] $*" >&2; }
+
+fetch() {
+  [ -f "$tarball" ] && echo "$sha256  $tarball" | sha256sum -c --quiet - 2>/dev/null && return
+  mkdir -p "$cache"
+  log "downloading $url"
+  curl -fsSL --retry 3 -o "$tarball.part" "$url"
+  if ! echo "$sha256  $tarball.part" | sha256sum -c --quiet - ; then
+    rm -f "$tarball.part"; log "checksum mismatch for $url"; exit 1
+  fi
+  mv "$tarball.part" "$tarball"
+}
+
+# 1. pristine source + patches, redone whenever the patches or the origin change
+origin=${CAFFE_SRC:-$sha256}
+stamp=$( (echo "$origin"; cat "$here"/patches/*.patch) | sha256sum | cut -c1-16)
+if [ "$(cat "$out/.src-stamp" 2>/dev/null)" != "$stamp" ]; then
+  rm -rf "$src" "$out/.src-stamp" "$out/.overlay-stamp"
+  mkdir -p "$src"
+  if [ -n "${CAFFE_SRC:-}" ]; then
+    [ -f "$CAFFE_SRC/CMakeLists.txt" ] || { log "CAFFE_SRC=$CAFFE_SRC is not a Caffe source tree"; exit 1; }
+    log "copying $CAFFE_SRC"
+    (cd "$CAFFE_SRC" && tar cf - --exclude=.git --exclude=build .) | tar xf - -C "$src"
+  else
+    fetch
+    tar xzf "$tarball" -C "$src"
+  fi
+  for p in "$here"/patches/*.patch; do
+    log "patch $(basename "$p")"
+    patch -s -p1 -d "$src" < "$p"
+  done
+  echo "$stamp" > "$out/.src-stamp"
+fi
+
+# 2. overlay our files; copy only what changed so rebuilds stay incremental
+overlay_list=$(cd "$here" && find include src tools -type f | sort)
+for f in $overlay_list; do
+  if ! cmp -s "$here/$f" "$src/$f"; then
+    mkdir -p "$(dirname "$src/$f")"; cp "$here/$f" "$src/$f"
+  fi
+done
+
+# 3. configure when new, or when the set of overlaid files changed (CMake globs)
+cfg_stamp=$(echo "$overlay_list $flavour ${CUDA_ARCH:-90} ${USE_CUDNN:-0} $python" | sha256sum | cut -c1-16)
+if [ "$(cat "$out/.overlay-stamp" 2>/dev/null)" != "$cfg_stamp" ] || [ ! -f "$bin/Makefile" ]; then
+  common=(-DCMAKE_BUILD_TYPE=Release -DBLAS=Open -Dpython_version=3
+          -DPYTHON_EXECUTABLE="$python" -DBUILD_docs=OFF -DBUILD_matlab=OFF
+          -DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache)
+  if [ "$flavour" = cpu ]; then
+    extra=(-DCPU_ONLY=ON)
+  else
+    arch=${CUDA_ARCH:-90}
+    extra=(-DCPU_ONLY=OFF -DUSE_CUDNN=$([ "${USE_CUDNN:-0}" = 1 ] && echo ON || echo OFF)
+           -DUSE_NCCL=OFF -DCUDA_ARCH_NAME=Manual -DCUDA_ARCH_BIN="$arch" -DCUDA_ARCH_PTX="${arch##* }"
+           -DCUDA_TOOLKIT_ROOT_DIR="${CUDA_HOME:-/usr/local/cuda}")
+  fi
+  log "configuring $flavour build in $bin"
+  mkdir -p "$bin"
+  (cd "$bin" && cmake "${common[@]}" "${extra[@]}" "$src" > "$out/cmake.log" 2>&1) \
+    || { tail -30 "$out/cmake.log" >&2; log "cmake failed, full log: $out/cmake.log"; exit 1; }
+  echo "$cfg_stamp" > "$out/.overlay-stamp"
+fi
+
+# 4. build (ccache keys on paths relative to the project, so fresh clones reuse it)
+export CCACHE_BASEDIR=$root
+log "building $flavour ($jobs jobs)"
+cmake --build "$bin" -j "$jobs" -- --no-print-directory "$@" || { log "build failed"; exit 1; }

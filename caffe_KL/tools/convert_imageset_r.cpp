@@ -1,0 +1,285 @@
+// This program converts a set of images and their emotion distributions to a
+// lmdb/leveldb of Datum protos (the JCDL variant of convert_imageset).
+// Usage:
+//   convert_imageset_r [FLAGS] ROOTFOLDER/ LISTFILE DB_NAME
+//
+// where ROOTFOLDER is the root folder that holds all the images, and LISTFILE
+// is a list of files as well as their distributions, in the format
+//   subfolder1/file1.JPEG 0.1 0.7 0 0.2
+//   ....
+// Each row is normalised to sum 1 and stored as floats in Datum::float_data;
+// the image is stored as in convert_imageset (raw BGR bytes or encoded).
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>  // NOLINT(readability/streams)
+#include <iostream>  // NOLINT(readability/streams)
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "boost/filesystem.hpp"
+#include "boost/scoped_ptr.hpp"
+#include "gflags/gflags.h"
+#include "glog/logging.h"
+
+#include "caffe/proto/caffe.pb.h"
+#include "caffe/util/db.hpp"
+#include "caffe/util/format.hpp"
+#include "caffe/util/io.hpp"
+#include "caffe/util/rng.hpp"
+
+#ifdef USE_OPENCV
+#include <opencv2/core/core.hpp>
+#include <opencv2/imgcodecs/imgcodecs.hpp>
+#include <opencv2/imgproc/imgproc.hpp>
+#endif  // USE_OPENCV
+
+using namespace caffe;  // NOLINT(build/namespaces)
+using boost::scoped_ptr;
+using std::string;
+
+DEFINE_bool(gray, false,
+    "When this option is on, treat images as grayscale ones");
+DEFINE_bool(shuffle, false,
+    "Randomly shuffle the order of images and their labels");
+DEFINE_string(backend, "lmdb",
+        "The backend {lmdb, leveldb} for storing the result");
+DEFINE_int32(resize_width, 0, "Width images are resized to");
+DEFINE_int32(resize_height, 0, "Height images are resized to");
+DEFINE_bool(check_size, false,
+    "When this option is on, check that all the datum have the same size");
+DEFINE_bool(encoded, false,
+    "When this option is on, the encoded image will be save in datum");
+DEFINE_string(encode_type, "",
+    "Optional: What type should we encode the image as ('png','jpg',...).");
+
+namespace {
+
+struct Entry {
+  string path;
+  std::vector<float> dist;  // normalised to sum 1
+  int line;                 // 1-based line number in the list file
+};
+
+// Thrown for bad input; main() prints it as one line and exits 1.
+struct InputError {
+  string message;
+};
+
+string where(const string& file, int line) {
+  std::ostringstream s;
+  s << file;
+  if (line > 0) s << ":" << line;
+  return s.str();
+}
+
+void fail(const string& file, int line, const string& what) {
+  InputError e = { where(file, line) + ": " + what };
+  throw e;
+}
+
+bool is_file(const string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+// Reads "path p_1 ... p_K" lines; every value must be a finite number >= 0,
+// every row must have the first row's K and a positive sum.
+std::vector<Entry> read_list(const string& list, const string& root) {
+  std::ifstream infile(list.c_str());
+  if (!infile) fail(list, 0, "cannot open the list file");
+  std::vector<Entry> entries;
+  string text;
+  int line_no = 0;
+  size_t K = 0;
+  while (std::getline(infile, text)) {
+    ++line_no;
+    if (!text.empty() && text[text.size() - 1] == '\r') {
+      text.erase(text.size() - 1);
+    }
+    std::istringstream fields(text);
+    Entry e;
+    e.line = line_no;
+    if (!(fields >> e.path)) continue;  // blank line
+    std::vector<double> values;
+    string token;
+    while (fields >> token) {
+      errno = 0;
+      char* end = NULL;
+      const double v = strtod(token.c_str(), &end);
+      if (*end != '\0' || end == token.c_str() || errno == ERANGE ||
+          !std::isfinite(v)) {
+        fail(list, line_no, "'" + token + "' is not a finite number");
+      }
+      if (v < 0) fail(list, line_no, "negative value " + token);
+      values.push_back(v);
+    }
+    if (values.empty()) {
+      fail(list, line_no, "no distribution after the path (expected "
+           "'path p_1 ... p_K')");
+    }
+    if (K == 0) K = values.size();
+    if (values.size() != K) {
+      std::ostringstream s;
+      s << values.size() << " values, but the first line has " << K;
+      fail(list, line_no, s.str());
+    }
+    double sum = 0;
+    for (size_t k = 0; k < K; ++k) sum += values[k];
+    if (!(sum > 0)) fail(list, line_no, "all values are zero");
+    for (size_t k = 0; k < K; ++k) e.dist.push_back(values[k] / sum);
+    if (!is_file(root + e.path)) {
+      fail(list, line_no, "image not found: " + root + e.path);
+    }
+    entries.push_back(e);
+  }
+  if (entries.empty()) fail(list, 0, "the list is empty");
+  return entries;
+}
+
+#ifdef USE_OPENCV
+// The image as convert_imageset stores it: decoded (and resized) to raw BGR
+// bytes, or kept / re-encoded when an encoding is asked for.
+void image_to_datum(const Entry& e, const string& list, const string& path,
+                    bool is_color, int height, int width, const string& enc,
+                    Datum* datum) {
+  datum->Clear();
+  cv::Mat img = cv::imread(path, is_color ? cv::IMREAD_COLOR :
+                                            cv::IMREAD_GRAYSCALE);
+  if (!img.data) fail(list, e.line, "cannot decode image " + path);
+  if (height > 0 && width > 0) {
+    cv::resize(img, img, cv::Size(width, height));
+  }
+  if (enc.empty()) {
+    CVMatToDatum(img, datum);
+  } else {
+    string ext = path.substr(path.rfind('.') + 1);
+    std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
+    if (height == 0 && width == 0 && ext == enc &&
+        (img.channels() == 3) == is_color) {
+      ReadFileToDatum(path, datum);  // the file's own bytes
+    } else {
+      std::vector<uchar> buf;
+      if (!cv::imencode("." + enc, img, buf)) {
+        fail(list, e.line, "cannot encode image " + path + " as " + enc);
+      }
+      datum->set_data(string(reinterpret_cast<char*>(&buf[0]), buf.size()));
+    }
+    datum->set_encoded(true);
+  }
+  for (size_t k = 0; k < e.dist.size(); ++k) {
+    datum->add_float_data(e.dist[k]);
+  }
+  datum->set_label(0);  // unused: the label is the distribution
+}
+
+void convert(const std::vector<Entry>& entries, const string& list,
+             const string& root, const string& db_path) {
+  const bool is_color = !FLAGS_gray;
+  const int resize_height = std::max<int>(0, FLAGS_resize_height);
+  const int resize_width = std::max<int>(0, FLAGS_resize_width);
+  const bool encoded = FLAGS_encoded || !FLAGS_encode_type.empty();
+  scoped_ptr<db::DB> db(db::GetDB(FLAGS_backend));
+  db->Open(db_path, db::NEW);
+  scoped_ptr<db::Transaction> txn(db->NewTransaction());
+  Datum datum;
+  size_t data_size = 0;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const Entry& e = entries[i];
+    string enc = FLAGS_encode_type;
+    if (encoded && enc.empty()) {  // guess the encoding from the file name
+      enc = e.path.substr(e.path.rfind('.') + 1);
+      std::transform(enc.begin(), enc.end(), enc.begin(), ::tolower);
+    }
+    image_to_datum(e, list, root + e.path, is_color, resize_height,
+                   resize_width, enc, &datum);
+    if (FLAGS_check_size) {
+      if (i == 0) {
+        data_size = datum.data().size();
+      } else if (datum.data().size() != data_size) {
+        fail(list, e.line, "image " + e.path + " differs in size from the "
+             "first one (--check_size)");
+      }
+    }
+    string out;
+    CHECK(datum.SerializeToString(&out));
+    txn->Put(caffe::format_int(i, 8) + "_" + e.path, out);
+    if ((i + 1) % 1000 == 0) {
+      txn->Commit();
+      txn.reset(db->NewTransaction());
+      LOG(INFO) << "Processed " << i + 1 << " files.";
+    }
+  }
+  txn->Commit();
+  LOG(INFO) << "Processed " << entries.size() << " files.";
+  db->Close();
+}
+#endif  // USE_OPENCV
+
+}  // namespace
+
+int main(int argc, char** argv) {
+#ifdef USE_OPENCV
+  ::google::InitGoogleLogging(argv[0]);
+  // Print output to stderr (while still logging)
+  FLAGS_alsologtostderr = 1;
+
+#ifndef GFLAGS_GFLAGS_H_
+  namespace gflags = google;
+#endif
+
+  gflags::SetUsageMessage("Convert a set of images and their emotion\n"
+        "distributions to the leveldb/lmdb format used as input for Caffe.\n"
+        "Usage:\n"
+        "    convert_imageset_r [FLAGS] ROOTFOLDER/ LISTFILE DB_NAME\n"
+        "LISTFILE lines are 'relative/path.jpg p_1 p_2 ... p_K' (space\n"
+        "separated). Each row is normalised to sum 1 and stored as K floats\n"
+        "in Datum::float_data; keys are %08d_<path>. A bad line (a value\n"
+        "that is not a finite number >= 0, a count other than the first\n"
+        "line's, an all-zero row, a missing or undecodable image) stops the\n"
+        "conversion with one message naming the list file and line, exit\n"
+        "status 1, and nothing written at DB_NAME.\n");
+  gflags::ParseCommandLineFlags(&argc, &argv, true);
+
+  if (argc != 4) {
+    gflags::ShowUsageWithFlagsRestrict(argv[0], "tools/convert_imageset_r");
+    return 1;
+  }
+  const string root(argv[1]), list(argv[2]), db_path(argv[3]);
+  std::ostringstream tmp;
+  tmp << db_path << ".partial-" << getpid();
+  const string tmp_path = tmp.str();
+  try {
+    if (boost::filesystem::exists(db_path)) {
+      fail(db_path, 0, "already exists; remove it or choose another name");
+    }
+    if (FLAGS_backend != "lmdb" && FLAGS_backend != "leveldb") {
+      fail(FLAGS_backend, 0, "unknown --backend (use lmdb or leveldb)");
+    }
+    std::vector<Entry> entries = read_list(list, root);
+    if (FLAGS_shuffle) {
+      LOG(INFO) << "Shuffling data";
+      shuffle(entries.begin(), entries.end());
+    }
+    LOG(INFO) << "A total of " << entries.size() << " images, "
+              << entries[0].dist.size() << " emotions.";
+    boost::filesystem::remove_all(tmp_path);
+    convert(entries, list, root, tmp_path);
+    boost::filesystem::rename(tmp_path, db_path);
+  } catch (const InputError& e) {
+    boost::filesystem::remove_all(tmp_path);
+    std::cerr << "convert_imageset_r: " << e.message << std::endl;
+    return 1;
+  }
+#else
+  LOG(FATAL) << "This tool requires OpenCV; compile with USE_OPENCV.";
+#endif  // USE_OPENCV
+  return 0;
+}

@@ -1,0 +1,56 @@
+"""The ``jcdl`` command: one subcommand per stage, each defined by its stage
+module's ``register(subparsers)``; this file only dispatches and turns bad
+input into one line on stderr."""
+import argparse
+import importlib
+import sys
+import traceback
+
+from .common import JcdlError
+
+# subcommand -> module that defines it
+STAGES = {
+    "prepare": "datasets",
+    "convert": "lmdbio",
+    "mean": "lmdbio",
+    "netgen": "netgen",
+    "train": "train",
+    "evaluate": "predict",
+    "predict": "predict",
+    "score": "metrics",
+    "plot": "plot",
+    "demo": "demo",
+}
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="jcdl",
+        description="JCDL on Caffe: dataset -> lists -> LMDB -> prototxt -> "
+                    "training -> evaluation -> prediction -> plots.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show a traceback on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module in dict.fromkeys(STAGES.values()):
+        importlib.import_module(f"jcdl.{module}").register(sub)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except JcdlError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"jcdl {args.command}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"jcdl {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return result or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

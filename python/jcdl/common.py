@@ -1,0 +1,126 @@
+"""What every stage shares: the clear-error type, atomic outputs, the
+``name p_1 ... p_K`` distribution files, and importing pycaffe quietly."""
+import math
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+
+class JcdlError(Exception):
+    """Bad input. The CLI prints it as one line, ``FILE[:LINE]: what``, and
+    exits non-zero."""
+
+    def __init__(self, path, what, line=None):
+        super().__init__(what)
+        self.path, self.what, self.line = str(path), what, line
+
+    def __str__(self):
+        where = self.path if self.line is None else f"{self.path}:{self.line}"
+        return f"{where}: {self.what}"
+
+
+def remove(path):
+    """Removes a file or a folder tree, if it is there."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextmanager
+def atomic_output(path):
+    """Yields a temporary path beside ``path`` to write a file or folder into;
+    renames it to ``path`` when the block completes and removes it when the
+    block fails, so ``path`` is either complete or untouched."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    remove(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        remove(tmp)
+        raise
+    if path.is_dir() and not path.is_symlink():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        remove(old)
+    else:
+        os.replace(tmp, path)
+
+
+def parse_values(tokens, path, line, *, integer=False):
+    """Numbers of one row: finite, >= 0 (integers where ``integer``)."""
+    values = []
+    for tok in tokens:
+        try:
+            v = int(tok) if integer else float(tok)
+        except ValueError:
+            kind = "an integer" if integer else "a finite number"
+            raise JcdlError(path, f"'{tok}' is not {kind}", line) from None
+        if not math.isfinite(v):
+            raise JcdlError(path, f"'{tok}' is not a finite number", line)
+        if v < 0:
+            raise JcdlError(path, f"negative value {tok}", line)
+        values.append(v)
+    return values
+
+
+def to_distribution(values, path, line):
+    """Row normalised to sum 1; an all-zero row is an error."""
+    total = float(sum(values))
+    if not total > 0:
+        raise JcdlError(path, "all values are zero", line)
+    return [v / total for v in values]
+
+
+def read_distribution_file(path, *, what="distribution file"):
+    """Reads ``name p_1 ... p_K`` lines (any whitespace; blank lines skipped).
+    Returns (names, P) with P float64 (n, K), rows normalised to sum 1."""
+    path = Path(path)
+    if not path.is_file():
+        raise JcdlError(path, f"no such {what}")
+    names, rows, K = [], [], None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line_no, text in enumerate(f, 1):
+            tokens = text.split()
+            if not tokens:
+                continue
+            if len(tokens) < 2:
+                raise JcdlError(path, "expected 'name p_1 ... p_K'", line_no)
+            values = parse_values(tokens[1:], path, line_no)
+            if K is None:
+                K = len(values)
+            elif len(values) != K:
+                raise JcdlError(path, f"{len(values)} values, but the first "
+                                f"line has {K}", line_no)
+            names.append(tokens[0])
+            rows.append(to_distribution(values, path, line_no))
+    if not names:
+        raise JcdlError(path, f"the {what} is empty")
+    return names, np.asarray(rows, dtype=np.float64)
+
+
+def format_row(name, dist):
+    """One ``name p_1 ... p_K`` line; 9 significant digits round-trip a
+    float32."""
+    return name + " " + " ".join(f"{float(v):.9g}" for v in dist) + "\n"
+
+
+def write_distribution_file(path, names, P):
+    """Writes ``name p_1 ... p_K`` lines atomically."""
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for name, dist in zip(names, P):
+            f.write(format_row(name, dist))
+
+
+def import_caffe():
+    """pycaffe, with Caffe's INFO logging off unless GLOG_minloglevel says
+    otherwise."""
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    import caffe  # noqa: PLC0415  (slow: imported only where needed)
+    return caffe

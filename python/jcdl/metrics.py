@@ -1,0 +1,219 @@
+"""The six label-distribution measures (Geng's definitions), dominant-emotion
+accuracy, per-class tables, and ``jcdl score``.
+
+All measures are means over samples of per-sample values, in float64, with
+0/0 and 0*log 0 terms counted as 0:
+
+  chebyshev     max_k |p_k - q_k|                        lower is better
+  clark         sqrt(sum_k (p_k - q_k)^2 / (p_k + q_k)^2) lower is better
+  canberra      sum_k |p_k - q_k| / (p_k + q_k)           lower is better
+  kl            sum_k p_k ln(p_k / q_k)                   lower is better
+  cosine        p.q / (|p| |q|)                           higher is better
+  intersection  sum_k min(p_k, q_k)                       higher is better
+  accuracy      argmax p == argmax q (ties: lowest index) higher is better
+
+Clark and Canberra are unnormalised (Clark <= sqrt(K), Canberra <= K); the
+``clark_div_k`` and ``canberra_div_k`` variants divide them by K, as some
+later papers report. KL is infinite where q_k = 0 < p_k.
+"""
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .common import JcdlError, atomic_output, read_distribution_file
+
+MEASURES = ("chebyshev", "clark", "canberra", "kl", "cosine", "intersection")
+LOWER_IS_BETTER = {"chebyshev": True, "clark": True, "canberra": True,
+                   "kl": True, "cosine": False, "intersection": False,
+                   "accuracy": False}
+
+
+def _ratio(num, den):
+    """num / den elementwise, 0 where den == 0."""
+    out = np.zeros_like(num)
+    np.divide(num, den, out=out, where=den != 0)
+    return out
+
+
+def per_sample(P, Q):
+    """Each measure for each sample: dict of (n,) float64 arrays."""
+    P = np.asarray(P, dtype=np.float64)
+    Q = np.asarray(Q, dtype=np.float64)
+    if P.shape != Q.shape or P.ndim != 2:
+        raise ValueError(f"P and Q must have the same (n, K) shape, "
+                         f"not {P.shape} and {Q.shape}")
+    diff = np.abs(P - Q)
+    total = P + Q
+    with np.errstate(divide="ignore"):
+        log_ratio = np.log(P) - np.log(Q)
+    kl_terms = np.where(P > 0, P * log_ratio, 0.0)
+    norms = np.linalg.norm(P, axis=1) * np.linalg.norm(Q, axis=1)
+    return {
+        "chebyshev": diff.max(axis=1),
+        "clark": np.sqrt(_ratio(diff ** 2, total ** 2).sum(axis=1)),
+        "canberra": _ratio(diff, total).sum(axis=1),
+        "kl": kl_terms.sum(axis=1),
+        "cosine": _ratio((P * Q).sum(axis=1), norms),
+        "intersection": np.minimum(P, Q).sum(axis=1),
+        "accuracy": (P.argmax(axis=1) == Q.argmax(axis=1)).astype(np.float64),
+    }
+
+
+def summary(P, Q):
+    """Means over samples: the JSON object of ``evaluate`` and ``score``."""
+    values = per_sample(P, Q)
+    K = np.asarray(P).shape[1]
+    out = {name: float(values[name].mean()) for name in MEASURES}
+    out["accuracy"] = float(values["accuracy"].mean())
+    out["clark_div_k"] = out["clark"] / K
+    out["canberra_div_k"] = out["canberra"] / K
+    out["n"] = int(len(P))
+    out["k"] = int(K)
+    return out
+
+
+def confusion(P, Q):
+    """(K, K) counts: row = dominant true emotion, column = predicted."""
+    K = np.asarray(P).shape[1]
+    m = np.zeros((K, K), dtype=np.int64)
+    np.add.at(m, (np.argmax(P, axis=1), np.argmax(Q, axis=1)), 1)
+    return m
+
+
+def per_class(P, Q, class_names):
+    """One row per emotion: support (samples whose dominant emotion it is),
+    precision and recall of the dominant emotion, mean true and predicted
+    probability, and their mean absolute difference."""
+    P, Q = np.asarray(P, np.float64), np.asarray(Q, np.float64)
+    m = confusion(P, Q)
+    rows = []
+    for k, name in enumerate(class_names):
+        support, predicted = int(m[k].sum()), int(m[:, k].sum())
+        rows.append({
+            "class": name,
+            "support": support,
+            "recall": float(m[k, k] / support) if support else 0.0,
+            "precision": float(m[k, k] / predicted) if predicted else 0.0,
+            "mean_true": float(P[:, k].mean()),
+            "mean_pred": float(Q[:, k].mean()),
+            "mae": float(np.abs(P[:, k] - Q[:, k]).mean()),
+        })
+    return rows
+
+
+def default_class_names(K):
+    return [f"class{k}" for k in range(K)]
+
+
+def read_class_names(path, K):
+    """One emotion name per line (``classes.txt`` of ``jcdl prepare``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise JcdlError(path, "no such classes file")
+    names = [l.strip() for l in path.read_text().splitlines() if l.strip()]
+    if len(names) != K:
+        raise JcdlError(path, f"{len(names)} class names, but the "
+                        f"distributions have {K} values")
+    return names
+
+
+def markdown_table(rows, columns):
+    def cell(v):
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(columns) + " |",
+             "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r[c]) for c in columns) + " |"
+              for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(rows, columns):
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({c: r[c] for c in columns} for r in rows)
+    return buf.getvalue()
+
+
+def write_text(path, text):
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+def write_reports(out_dir, P, Q, class_names):
+    """metrics.json/.csv/.md, per_class.csv/.md and confusion.csv in out_dir;
+    returns the summary."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = summary(P, Q)
+    columns = list(result)
+    write_text(out_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
+    write_text(out_dir / "metrics.csv", csv_text([result], columns))
+    write_text(out_dir / "metrics.md", markdown_table([result], columns)
+               + "\nClark and Canberra are unnormalised (Geng); the _div_k "
+                 "columns divide them by K.\n")
+    rows = per_class(P, Q, class_names)
+    pc_columns = list(rows[0])
+    write_text(out_dir / "per_class.csv", csv_text(rows, pc_columns))
+    write_text(out_dir / "per_class.md", markdown_table(rows, pc_columns))
+    m = confusion(P, Q)
+    conf_rows = [dict({"true\\pred": n}, **{c: int(v) for c, v in
+                      zip(class_names, m[i])})
+                 for i, n in enumerate(class_names)]
+    write_text(out_dir / "confusion.csv",
+               csv_text(conf_rows, ["true\\pred"] + list(class_names)))
+    return result
+
+
+def match_by_name(gt_path, pred_path):
+    """Reads both files and returns (names, P, Q) in the ground truth's
+    order; every name must be in both files, with the same K."""
+    gt_names, P = read_distribution_file(gt_path, what="ground-truth file")
+    pred_names, Q = read_distribution_file(pred_path, what="prediction file")
+    if P.shape[1] != Q.shape[1]:
+        raise JcdlError(pred_path, f"{Q.shape[1]} values per line, but "
+                        f"{gt_path} has {P.shape[1]}")
+    for path, names in ((gt_path, gt_names), (pred_path, pred_names)):
+        seen = set()
+        for i, name in enumerate(names):
+            if name in seen:
+                raise JcdlError(path, f"'{name}' appears twice")
+            seen.add(name)
+    index = {n: i for i, n in enumerate(pred_names)}
+    missing = [n for n in gt_names if n not in index]
+    if missing:
+        raise JcdlError(pred_path, f"no prediction for {len(missing)} "
+                        f"name(s) of {gt_path}, e.g. '{missing[0]}'")
+    extra = set(pred_names) - set(gt_names)
+    if extra:
+        raise JcdlError(gt_path, f"no ground truth for {len(extra)} name(s) "
+                        f"of {pred_path}, e.g. '{sorted(extra)[0]}'")
+    return gt_names, P, Q[[index[n] for n in gt_names]]
+
+
+def cmd_score(args):
+    _, P, Q = match_by_name(args.gt, args.pred)
+    names = (read_class_names(args.classes, P.shape[1]) if args.classes
+             else default_class_names(P.shape[1]))
+    result = (write_reports(args.out, P, Q, names) if args.out
+              else summary(P, Q))
+    print(json.dumps(result))
+
+
+def register(sub):
+    p = sub.add_parser(
+        "score", help="measures of a prediction file against ground truth",
+        description="Compares two files of 'name p_1 ... p_K' lines, matched "
+                    "by name, and prints one JSON object: " +
+                    ", ".join(MEASURES) + ", accuracy (dominant emotion), "
+                    "clark_div_k, canberra_div_k, n, k. Rows are normalised "
+                    "to sum 1.")
+    p.add_argument("gt", help="ground truth: name p_1 ... p_K per line")
+    p.add_argument("pred", help="predictions: name q_1 ... q_K per line")
+    p.add_argument("--classes", help="emotion names, one per line")
+    p.add_argument("--out", help="also write metrics.{json,csv,md}, "
+                                 "per_class.{csv,md}, confusion.csv here")
+    p.set_defaults(func=cmd_score)

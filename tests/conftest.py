@@ -1,0 +1,53 @@
+"""Shared helpers: the real ``jcdl`` command and real images on disk."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(cmd, *args, cwd=None, check=True, timeout=600, env=None):
+    """Runs a tool of .venv/bin (``jcdl``, ``caffe``, ``convert_imageset_r``
+    ...) and returns the CompletedProcess; with check, a non-zero exit fails
+    the test showing stderr."""
+    full_env = dict(os.environ, **(env or {}))
+    proc = subprocess.run([str(BIN / cmd), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout,
+                          env=full_env)
+    if check and proc.returncode != 0:
+        pytest.fail(f"{cmd} {' '.join(map(str, args))} exited "
+                    f"{proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def jcdl(*args, **kw):
+    return run("jcdl", *args, **kw)
+
+
+def assert_clean_error(proc, *fragments):
+    """A bad-input failure: non-zero exit, no traceback, and a last stderr
+    line that contains every fragment."""
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines, "nothing on stderr"
+    for f in fragments:
+        assert f in lines[-1], (f, proc.stderr)
+
+
+def write_image(path, width=32, height=24, seed=0, color=None):
+    """A real image file (format from the suffix) with random texture; a
+    colour (B, G, R) tints it."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    if color is not None:
+        img = (img // 4 + np.asarray(color, np.uint8) // 4 * 3).astype(np.uint8)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), img), path
+    return img

@@ -84,6 +84,12 @@ if [ "$(cat "$out/.overlay-stamp" 2>/dev/null)" != "$cfg_stamp" ] || [ ! -f "$bi
     extra=(-DCPU_ONLY=OFF -DUSE_CUDNN=$([ "${USE_CUDNN:-0}" = 1 ] && echo ON || echo OFF)
            -DUSE_NCCL=OFF -DCUDA_ARCH_NAME=Manual -DCUDA_ARCH_BIN="$arch" -DCUDA_ARCH_PTX="${arch##* }"
            -DCUDA_TOOLKIT_ROOT_DIR="${CUDA_HOME:-/usr/local/cuda}")
+    # CUDA 12.8+ makes __global__ template stubs static: the test binary
+    # launches kernels defined in libcaffe (im2col), so keep them visible.
+    nvcc=${CUDA_HOME:-/usr/local/cuda}/bin/nvcc
+    if "$nvcc" --help 2>/dev/null | grep -q static-global-template-stub; then
+      extra+=(-DCUDA_NVCC_FLAGS=-static-global-template-stub=false)
+    fi
   fi
   log "configuring $flavour build in $bin"
   mkdir -p "$bin"

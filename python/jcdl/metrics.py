@@ -47,9 +47,10 @@ def per_sample(P, Q):
                          f"not {P.shape} and {Q.shape}")
     diff = np.abs(P - Q)
     total = P + Q
-    with np.errstate(divide="ignore"):
-        log_ratio = np.log(P) - np.log(Q)
-    kl_terms = np.where(P > 0, P * log_ratio, 0.0)
+    support = P > 0  # 0 * log 0 = 0: only these terms count
+    with np.errstate(divide="ignore"):  # q = 0 < p gives +inf, honestly
+        kl_terms = P * (np.log(np.where(support, P, 1.0))
+                        - np.log(np.where(support, Q, 1.0)))
     norms = np.linalg.norm(P, axis=1) * np.linalg.norm(Q, axis=1)
     return {
         "chebyshev": diff.max(axis=1),

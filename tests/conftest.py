@@ -16,7 +16,9 @@ def run(cmd, *args, cwd=None, check=True, timeout=600, env=None):
     """Runs a tool of .venv/bin (``jcdl``, ``caffe``, ``convert_imageset_r``
     ...) and returns the CompletedProcess; with check, a non-zero exit fails
     the test showing stderr."""
-    full_env = dict(os.environ, **(env or {}))
+    full_env = dict(os.environ)
+    full_env.pop("GLOG_minloglevel", None)  # set by import_caffe in-process
+    full_env.update(env or {})
     proc = subprocess.run([str(BIN / cmd), *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout,
                           env=full_env)

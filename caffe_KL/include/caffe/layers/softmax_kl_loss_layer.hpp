@@ -81,9 +81,8 @@ class SoftmaxWithKLLossLayer : public LossLayer<Dtype> {
  *        label: @f$ -\log q_c @f$ with @f$ c = \arg\max_k p_k @f$ (ties go
  *        to the lowest index) — the classification loss of JCDL.
  *
- * Takes the same bottoms and parameters as SoftmaxWithKLLoss. Registered as
- * "SoftmaxWithDominantLoss" and, for the original prototxts, under its legacy
- * name "SoftmaxWithMyKLLoss".
+ * Takes the same bottoms and parameters as SoftmaxWithKLLoss. The original
+ * prototxts' name for it, "SoftmaxWithMyKLLoss", is the subclass below.
  */
 template <typename Dtype>
 class SoftmaxWithDominantLossLayer : public SoftmaxWithKLLossLayer<Dtype> {
@@ -91,6 +90,15 @@ class SoftmaxWithDominantLossLayer : public SoftmaxWithKLLossLayer<Dtype> {
   explicit SoftmaxWithDominantLossLayer(const LayerParameter& param)
       : SoftmaxWithKLLossLayer<Dtype>(param) { this->dominant_ = true; }
   virtual inline const char* type() const { return "SoftmaxWithDominantLoss"; }
+};
+
+/// SoftmaxWithDominantLoss under the name the original JCDL prototxts use.
+template <typename Dtype>
+class SoftmaxWithMyKLLossLayer : public SoftmaxWithDominantLossLayer<Dtype> {
+ public:
+  explicit SoftmaxWithMyKLLossLayer(const LayerParameter& param)
+      : SoftmaxWithDominantLossLayer<Dtype>(param) {}
+  virtual inline const char* type() const { return "SoftmaxWithMyKLLoss"; }
 };
 
 /// One position's forward pass: writes q = softmax(z) and returns the loss,

@@ -129,8 +129,7 @@ REGISTER_LAYER_CLASS(SoftmaxWithKLLoss);
 
 INSTANTIATE_CLASS(SoftmaxWithDominantLossLayer);
 REGISTER_LAYER_CLASS(SoftmaxWithDominantLoss);
-// The name the original JCDL prototxts use for the dominant-label loss.
-REGISTER_LAYER_CREATOR(SoftmaxWithMyKLLoss,
-                       Creator_SoftmaxWithDominantLossLayer);
+INSTANTIATE_CLASS(SoftmaxWithMyKLLossLayer);
+REGISTER_LAYER_CLASS(SoftmaxWithMyKLLoss);
 
 }  // namespace caffe

@@ -364,7 +364,10 @@ TYPED_TEST(SoftmaxWithKLLossLayerTest, TestSecondTopIsSoftmax) {
   this->SetHandExample();
   Blob<Dtype> prob;
   this->blob_top_vec_.push_back(&prob);
-  shared_ptr<Layer<Dtype> > layer = this->MakeLayer(LayerParameter());
+  LayerParameter param;
+  param.add_loss_weight(1);
+  param.add_loss_weight(0);
+  shared_ptr<Layer<Dtype> > layer = this->MakeLayer(param);
   layer->SetUp(this->blob_bottom_vec_, this->blob_top_vec_);
   layer->Forward(this->blob_bottom_vec_, this->blob_top_vec_);
   const double q[] = {1. / 3, 1. / 3, 1. / 3, 1. / 6, 1. / 3, .5};
@@ -379,7 +382,8 @@ TYPED_TEST(SoftmaxWithDominantLossLayerTest, TestLegacyName) {
   LayerParameter param;
   param.set_type("SoftmaxWithMyKLLoss");
   shared_ptr<Layer<Dtype> > layer = LayerRegistry<Dtype>::CreateLayer(param);
-  EXPECT_EQ(std::string("SoftmaxWithDominantLoss"), layer->type());
+  EXPECT_EQ(std::string("SoftmaxWithMyKLLoss"), layer->type());
+  EXPECT_TRUE(dynamic_cast<SoftmaxWithDominantLossLayer<Dtype>*>(layer.get()));
 }
 
 TYPED_TEST(SoftmaxWithDominantLossLayerTest, TestForwardHandComputed) {

@@ -1,0 +1,294 @@
+"""Plots: training curves parsed from Caffe-format logs (``jcdl plot``), the
+confusion matrix and predicted-vs-true distributions (used by ``evaluate``),
+and several runs overlaid (used by the demo).
+
+Logs are read in the formats the stock ``caffe train`` writes through glog,
+which ``jcdl train`` writes too::
+
+  ... solver.cpp:239] Iteration 20 (2.1 iter/s, 9.5s/20 iters), loss = 1.2345
+  ... solver.cpp:239] Iteration 20, loss = 1.2345           (older Caffe)
+  ... solver.cpp:258]     Train net output #0: loss_kl = 0.123 (* 0.8 = ...)
+  ... sgd_solver.cpp:112] Iteration 20, lr = 0.0001
+  ... solver.cpp:347] Iteration 100, Testing net (#0)
+  ... solver.cpp:414]     Test net output #0: accuracy = 0.5
+
+``parse_log`` turns them into series named ``loss`` (the smoothed loss of
+the display lines), ``train/<output>``, ``test/<output>`` (``test<N>/`` for
+test net #N > 0) and ``lr``; each is a pair of arrays (iterations, values).
+"""
+import csv
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .common import JcdlError, atomic_output
+
+_LOSS = re.compile(r"Iteration (\d+)(?: \([^)]*\))?, loss = (\S+)")
+_LR = re.compile(r"Iteration (\d+), lr = (\S+)")
+_TESTING = re.compile(r"Iteration (\d+), Testing net \(#(\d+)\)")
+_OUTPUT = re.compile(r"(Train|Test) net output #\d+: (\S+) = (\S+)")
+
+# test outputs shown first when several runs are compared
+_PREFERRED = ("accuracy", "kl", "cosine", "intersection", "chebyshev",
+              "clark", "canberra")
+
+
+def _pyplot():
+    import matplotlib  # noqa: PLC0415  (slow: only where plots are made)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    return plt
+
+
+def _number(text):
+    try:
+        return float(text.rstrip(","))
+    except ValueError:
+        return None
+
+
+def parse_log(path):
+    """Series of a Caffe-format training log: {name: (iterations, values)}
+    with int64 and float64 arrays, in log order. A log without any
+    ``Iteration N, loss = ...`` line is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise JcdlError(path, "no such log file")
+    series = {}
+
+    def add(name, iteration, value):
+        if value is not None:
+            its, vals = series.setdefault(name, ([], []))
+            its.append(iteration)
+            vals.append(value)
+
+    train_iter = test_iter = None
+    test_prefix = "test"
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if "Iteration" in line:
+                m = _LOSS.search(line)
+                if m:
+                    train_iter = int(m.group(1))
+                    add("loss", train_iter, _number(m.group(2)))
+                    continue
+                m = _LR.search(line)
+                if m:
+                    add("lr", int(m.group(1)), _number(m.group(2)))
+                    continue
+                m = _TESTING.search(line)
+                if m:
+                    test_iter = int(m.group(1))
+                    net = int(m.group(2))
+                    test_prefix = "test" if net == 0 else f"test{net}"
+                    continue
+            if "net output #" in line:
+                m = _OUTPUT.search(line)
+                if not m:
+                    continue
+                if m.group(1) == "Train" and train_iter is not None:
+                    add(f"train/{m.group(2)}", train_iter,
+                        _number(m.group(3)))
+                elif m.group(1) == "Test" and test_iter is not None:
+                    add(f"{test_prefix}/{m.group(2)}", test_iter,
+                        _number(m.group(3)))
+    if "loss" not in series:
+        raise JcdlError(path, "no training iterations found ('Iteration N, "
+                        "loss = ...' lines): not a Caffe training log?")
+    return {name: (np.asarray(its, np.int64), np.asarray(vals, np.float64))
+            for name, (its, vals) in series.items()}
+
+
+def write_series_csv(series, path):
+    """The parsed series as CSV rows ``series,iteration,value``."""
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["series", "iteration", "value"])
+        for name, (its, vals) in series.items():
+            for i, v in zip(its, vals):
+                writer.writerow([name, int(i), repr(float(v))])
+
+
+def _save(fig, path):
+    plt = _pyplot()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def _grid(plt, n, width=5.0, height=3.2):
+    cols = min(n, 3)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows),
+                             squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def plot_log(log_path, out_dir):
+    """PNGs of one training log in out_dir: ``loss.png`` (training loss and
+    train-net outputs), ``test.png`` (each test output), ``lr.png``; plus
+    ``series.csv``. Returns the PNG paths."""
+    series = parse_log(log_path)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plt = _pyplot()
+    title = Path(log_path).name
+    pngs = []
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    its, vals = series["loss"]
+    ax.plot(its, vals, label="loss (smoothed, weighted sum)", linewidth=2)
+    for name in sorted(n for n in series if n.startswith("train/")):
+        ax.plot(*series[name], label=name, alpha=0.8)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.set_title(f"training loss: {title}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    pngs.append(_save(fig, out_dir / "loss.png"))
+
+    tests = [n for n in series if n.startswith("test")]
+    if tests:
+        fig, axes = _grid(plt, len(tests))
+        for ax, name in zip(axes, tests):
+            ax.plot(*series[name], marker="o", markersize=3)
+            ax.set_title(name)
+            ax.set_xlabel("iteration")
+            ax.grid(alpha=0.3)
+        fig.suptitle(f"test outputs: {title}")
+        fig.tight_layout()
+        pngs.append(_save(fig, out_dir / "test.png"))
+
+    if "lr" in series:
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        ax.plot(*series["lr"])
+        if np.all(series["lr"][1] > 0):
+            ax.set_yscale("log")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("learning rate")
+        ax.set_title(f"learning rate: {title}")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        pngs.append(_save(fig, out_dir / "lr.png"))
+
+    write_series_csv(series, out_dir / "series.csv")
+    return pngs
+
+
+def plot_training_curves(logs, path):
+    """Several runs overlaid ({label: log path}): their training loss and
+    each test output (accuracy, kl, ... first) in one PNG at path."""
+    parsed = {label: parse_log(log) for label, log in logs.items()}
+    names = {n for s in parsed.values() for n in s if n.startswith("test/")}
+    order = {f"test/{n}": i for i, n in enumerate(_PREFERRED)}
+    tests = sorted(names, key=lambda n: (order.get(n, len(order)), n))[:5]
+    plt = _pyplot()
+    fig, axes = _grid(plt, 1 + len(tests))
+    for ax, name in zip(axes, ["loss"] + tests):
+        for label, series in parsed.items():
+            if name in series:
+                ax.plot(*series[name], label=label,
+                        marker="o" if name != "loss" else None, markersize=3)
+        ax.set_title("training loss" if name == "loss" else name)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_confusion(matrix, class_names, path):
+    """The confusion matrix of dominant emotions (rows true, columns
+    predicted): counts, coloured by the share of their row."""
+    m = np.asarray(matrix)
+    K = len(class_names)
+    rows = m.sum(axis=1, keepdims=True)
+    share = np.divide(m, rows, out=np.zeros(m.shape), where=rows > 0)
+    plt = _pyplot()
+    size = 2.5 + 0.6 * K
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(K):
+        for j in range(K):
+            ax.text(j, i, str(int(m[i, j])), ha="center", va="center",
+                    color="white" if share[i, j] > 0.5 else "black",
+                    fontsize=9)
+    ax.set_xticks(range(K), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(K), class_names)
+    ax.set_xlabel("predicted dominant emotion")
+    ax.set_ylabel("true dominant emotion")
+    ax.set_title("confusion (counts; colour: share of row)")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_distributions(names, P, Q, class_names, path, n=6, images=None):
+    """Bar charts of true (P) and predicted (Q) distributions of the first n
+    samples, with each image (BGR arrays, optional) beside its chart."""
+    n = min(n, len(P))
+    if n == 0:
+        raise ValueError("no samples to plot")
+    K = len(class_names)
+    with_images = images is not None and len(images) >= n
+    plt = _pyplot()
+    cols = 2 if with_images else 1
+    fig, axes = plt.subplots(n, cols, figsize=(3 + 0.7 * K + 2.5 * (cols - 1),
+                                               2.4 * n), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 2.5]}
+                             if with_images else None)
+    x = np.arange(K)
+    for i in range(n):
+        if with_images:
+            img = np.asarray(images[i])
+            ax = axes[i][0]
+            if img.ndim == 3 and img.shape[2] == 3:
+                ax.imshow(img[:, :, ::-1])
+            else:
+                ax.imshow(img.reshape(img.shape[0], img.shape[1]),
+                          cmap="gray")
+            ax.axis("off")
+        ax = axes[i][-1]
+        ax.bar(x - 0.2, P[i], width=0.4, label="true")
+        ax.bar(x + 0.2, Q[i], width=0.4, label="predicted")
+        ax.set_xticks(x, class_names, rotation=30, ha="right", fontsize=8)
+        ax.set_ylim(0, 1)
+        name = str(names[i])
+        ax.set_title(name if len(name) <= 50 else "..." + name[-47:],
+                     fontsize=9)
+        if i == 0:
+            ax.legend(fontsize=8)
+    fig.suptitle("predicted vs true emotion distributions")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def cmd_plot(args):
+    parse_log(args.log)  # a bad log fails before anything is written
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise JcdlError(out, "exists and is not a folder")
+    if out.is_dir():
+        pngs = plot_log(args.log, out)
+    else:
+        with atomic_output(out) as tmp:
+            pngs = [out / p.name for p in plot_log(args.log, tmp)]
+    for p in pngs + [out / "series.csv"]:
+        print(p)
+
+
+def register(sub):
+    p = sub.add_parser(
+        "plot", help="training curves of a Caffe-format log as PNG",
+        description="Parses a training log of 'caffe train' or 'jcdl train' "
+                    "and writes loss.png (training loss, train-net outputs), "
+                    "test.png (test-net outputs), lr.png (learning rate) "
+                    "and series.csv (series,iteration,value) to --out.")
+    p.add_argument("log", help="the training log (glog text)")
+    p.add_argument("--out", required=True, help="folder for the PNGs and CSV")
+    p.set_defaults(func=cmd_plot)

@@ -1,0 +1,540 @@
+"""Dataset files -> list files and train/test splits (``jcdl prepare``).
+
+Datasets and where their ground truth is looked for (``--gt FILE`` names it
+explicitly):
+
+- ``emotion6``: ``ROOT/ground_truth.txt`` -- a header naming the columns
+  ``[image_filename] [valence] [arousal] [prob. anger] ... [prob. neutral]``,
+  then ``folder/n.jpg valence arousal p_1 ... p_7`` lines (any whitespace).
+  Images in ``ROOT/images/<folder>/`` (as released) or ``ROOT/<folder>/``.
+- ``flickr_ldl`` / ``twitter_ldl``: a MATLAB v7.3 (HDF5) ``ROOT/*_config.mat``
+  with ``imgname`` (cell array of names), ``vote`` (8 x N integer votes) and,
+  when present, split indices (datasets whose name contains ``train`` /
+  ``test``: 1-based indices or logical masks; a matrix or cell array of them
+  holds several splits), which are used instead of a random split. Otherwise
+  a votes text file ``name v_1 ... v_8`` (integer votes; an optional header
+  naming the 8 emotions): the only ``ROOT/*.txt``, or among several the one
+  whose name contains ``vote`` or ``ground_truth``. Images in ``ROOT/`` or
+  ``ROOT/images/``. Distribution = votes / total.
+- ``list``: ``path p_1 ... p_K`` lines (``--gt FILE``, default
+  ``ROOT/list.txt``); ROOT is the image root; classes ``class0`` ...
+  unless ``--classes`` names them.
+
+Writes OUT/classes.txt, OUT/train.txt and OUT/test.txt (``path p_1 ... p_K``,
+rows normalised, 9 significant digits, paths relative to ROOT -- give the same
+ROOT to ``jcdl convert``); with ``--splits N`` also OUT/split1 ... OUT/splitN,
+each with its own train.txt, test.txt, classes.txt (OUT/train.txt and
+OUT/test.txt are split 1). train.txt is in random order (Caffe's Data layer
+reads an LMDB in order, so an unshuffled list would feed one class at a
+time); test.txt keeps the ground truth's order. OUT is written as a whole,
+atomically.
+"""
+import math
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .common import (JcdlError, atomic_output, format_row, parse_values,
+                     to_distribution)
+
+EMOTION6_CLASSES = ("anger", "disgust", "fear", "joy", "sadness", "surprise",
+                    "neutral")
+MIKELS_CLASSES = ("amusement", "awe", "contentment", "excitement", "anger",
+                  "disgust", "fear", "sadness")
+EMOTION6_HEADER = (("image_filename", "valence", "arousal")
+                   + tuple(f"prob. {c}" for c in EMOTION6_CLASSES))
+DATASETS = ("emotion6", "flickr_ldl", "twitter_ldl", "list")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+class GroundTruth:
+    """What a dataset reader returns: image names as written in the ground
+    truth, distributions (n x K, rows sum 1), where each came from (line
+    numbers, or None), the class names, and the dataset's own splits (list of
+    (train indices, test indices)) if it has any."""
+
+    def __init__(self, path, names, P, lines, classes, splits=None):
+        self.path, self.names, self.P = Path(path), list(names), P
+        self.lines, self.classes, self.splits = list(lines), classes, splits
+
+
+def _distribution(values, path, line):
+    """The row normalised to sum 1 (all-zero and overflowing rows refused)."""
+    if not math.isfinite(sum(values)):
+        raise JcdlError(path, "values too large", line)
+    return to_distribution(values, path, line)
+
+
+def _read_lines(path):
+    """(line number, tokens, ends with a newline) of each non-blank line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError as e:
+        raise JcdlError(path, f"cannot read ({e.strerror})") from None
+    rows = []
+    pieces = text.split("\n")
+    for i, piece in enumerate(pieces):
+        tokens = piece.split()
+        if tokens:
+            rows.append((i + 1, tokens, i < len(pieces) - 1))
+    return rows
+
+
+def _columns_error(path, line, n, want, what, has_newline):
+    if n < want and not has_newline:
+        raise JcdlError(path, f"truncated line: {n} of {want} columns ({what}); "
+                        "is the file cut short?", line)
+    raise JcdlError(path, f"{n} columns, expected {want} ({what})", line)
+
+
+def _header_columns(tokens):
+    """The column names of a header line: [bracketed names] if any, else the
+    whitespace-separated words; lower case, inner spaces collapsed."""
+    text = " ".join(tokens)
+    names = re.findall(r"\[([^\]]*)\]", text) or tokens
+    return tuple(" ".join(n.split()).lower() for n in names)
+
+
+def read_emotion6(path):
+    """Emotion6's ground_truth.txt."""
+    rows = _read_lines(path)
+    if not rows:
+        raise JcdlError(path, "the ground-truth file is empty")
+    line, tokens, _ = rows[0]
+    if _header_columns(tokens) != EMOTION6_HEADER:
+        raise JcdlError(path, "the header does not name Emotion6's columns "
+                        "(expected " + " ".join(f"[{c}]" for c in
+                                                EMOTION6_HEADER) + ")", line)
+    want = len(EMOTION6_HEADER)
+    names, P, lines = [], [], []
+    for line, tokens, newline in rows[1:]:
+        if len(tokens) != want:
+            _columns_error(path, line, len(tokens), want, "image, valence, "
+                           "arousal, 7 probabilities", newline)
+        for tok in tokens[1:3]:
+            try:
+                ok = np.isfinite(float(tok))
+            except ValueError:
+                ok = False
+            if not ok:
+                raise JcdlError(path, f"'{tok}' is not a finite number", line)
+        values = parse_values(tokens[3:], path, line)
+        names.append(tokens[0])
+        P.append(_distribution(values, path, line))
+        lines.append(line)
+    if not names:
+        raise JcdlError(path, "no images after the header")
+    return GroundTruth(path, names, np.asarray(P), lines, EMOTION6_CLASSES)
+
+
+def read_votes(path, classes=MIKELS_CLASSES):
+    """A votes file: ``name v_1 ... v_K`` with integer votes, an optional
+    header naming the classes."""
+    rows = _read_lines(path)
+    want = 1 + len(classes)
+    names, P, lines = [], [], []
+    for i, (line, tokens, newline) in enumerate(rows):
+        if i == 0 and not any(re.fullmatch(r"[-+.\d]\S*", t)
+                              for t in tokens[1:]):
+            got = tuple(t.lower() for t in tokens[1:])
+            if got != classes:
+                raise JcdlError(path, "the header does not name the columns "
+                                "(expected name " + " ".join(classes) + ")",
+                                line)
+            continue
+        if len(tokens) != want:
+            _columns_error(path, line, len(tokens), want,
+                           f"name and {len(classes)} votes", newline)
+        values = parse_values(tokens[1:], path, line, integer=True)
+        names.append(tokens[0])
+        P.append(_distribution(values, path, line))
+        lines.append(line)
+    if not names:
+        raise JcdlError(path, "the ground-truth file has no images")
+    return GroundTruth(path, names, np.asarray(P), lines, classes)
+
+
+def read_list_file(path):
+    """``path p_1 ... p_K`` lines (the ``list`` dataset)."""
+    rows = _read_lines(path)
+    names, P, lines, K = [], [], [], None
+    for line, tokens, newline in rows:
+        if len(tokens) < 2:
+            raise JcdlError(path, "expected 'path p_1 ... p_K'", line)
+        values = parse_values(tokens[1:], path, line)
+        if K is None:
+            K = len(values)
+        elif len(values) != K:
+            if len(values) < K and not newline:
+                raise JcdlError(path, f"truncated line: {len(values)} of {K} "
+                                "values; is the file cut short?", line)
+            raise JcdlError(path, f"{len(values)} values, but the first line "
+                            f"has {K}", line)
+        names.append(tokens[0])
+        P.append(_distribution(values, path, line))
+        lines.append(line)
+    if not names:
+        raise JcdlError(path, "the list is empty")
+    return GroundTruth(path, names, np.asarray(P), lines,
+                       tuple(f"class{k}" for k in range(K)))
+
+
+# ---------------------------------------------------------------- .mat
+
+def _mat_string(f, obj):
+    """A MATLAB char array (uint16 codes, any orientation) as a str."""
+    if obj.attrs.get("MATLAB_empty", 0):
+        return ""
+    a = np.asarray(obj[()])
+    if a.dtype.kind in "SUO":
+        v = a.ravel()[0] if a.size else b""
+        return v.decode() if isinstance(v, bytes) else str(v)
+    return "".join(map(chr, a.ravel(order="F").astype(np.int64))).rstrip(
+        "\0 ")
+
+
+def _mat_strings(f, ds, n, path):
+    """imgname: a cell array (object references to char arrays), a char
+    matrix with one name per row (MATLAB), or HDF5 strings."""
+    a = ds[()]
+    if a.dtype.kind == "O" and a.size and not isinstance(
+            a.ravel()[0], (bytes, str)):
+        return [_mat_string(f, f[ref]) for ref in a.ravel(order="F")]
+    if a.dtype.kind in "SUO":
+        return [v.decode() if isinstance(v, bytes) else str(v)
+                for v in a.ravel()]
+    if a.ndim == 2 and a.dtype.kind in "ui":
+        cols = a if a.shape[1] == n else a.T     # h5py: (chars, names)
+        return ["".join(map(chr, cols[:, j])).rstrip("\0 ")
+                for j in range(cols.shape[1])]
+    raise JcdlError(path, f"cannot read 'imgname' (shape {a.shape}, "
+                    f"type {a.dtype})")
+
+
+def _mat_index_sets(f, ds, n, path, name):
+    """One or more index vectors (1-based, or logical masks) -> list of
+    0-based int arrays."""
+    a = ds[()]
+    if a.dtype.kind == "O":
+        vectors = [np.asarray(f[ref][()]).ravel() for ref in a.ravel()]
+    else:
+        a = np.asarray(a)
+        if a.ndim <= 1 or min(a.shape) == 1:
+            vectors = [a.ravel()]
+        else:
+            vectors = list(a)                    # h5py row = MATLAB column
+    out = []
+    for v in vectors:
+        v = v.astype(np.float64)
+        if v.size == n and set(np.unique(v)) <= {0.0, 1.0} and (v == 0).any():
+            out.append(np.flatnonzero(v))        # logical mask
+            continue
+        if not (np.all(v == np.round(v)) and v.size
+                and v.min() >= 1 and v.max() <= n):
+            raise JcdlError(path, f"'{name}' holds values that are not "
+                            f"1-based indices of the {n} images")
+        out.append(v.astype(np.int64) - 1)
+    return out
+
+
+def read_config_mat(path, classes=MIKELS_CLASSES):
+    """A MATLAB v7.3 ``*_config.mat``: imgname, vote, split indices."""
+    import h5py  # noqa: PLC0415
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError:
+        raise JcdlError(path, "cannot read as a MATLAB v7.3 (HDF5) file; "
+                        "save it with -v7.3 or use a votes text file") from None
+    with f:
+        keys = [k for k in f.keys() if not k.startswith("#")]
+        for need in ("imgname", "vote"):
+            if need not in f:
+                raise JcdlError(path, f"no '{need}' in the file (it holds: "
+                                f"{', '.join(keys)})")
+        K = len(classes)
+        votes = np.asarray(f["vote"][()], dtype=np.float64)
+        if votes.ndim != 2 or K not in votes.shape:
+            raise JcdlError(path, f"'vote' is {votes.shape}, expected "
+                            f"{K} x N")
+        if votes.shape[1] != K:                  # MATLAB K x N is h5py N x K
+            votes = votes.T
+        n = votes.shape[0]
+        names = _mat_strings(f, f["imgname"], n, path)
+        if len(names) != n:
+            raise JcdlError(path, f"{len(names)} names in 'imgname', but "
+                            f"'vote' has {n} images")
+        P, lines = [], []
+        for i, (name, row) in enumerate(zip(names, votes)):
+            where = f"image {i + 1} ({name})"
+            if not name or any(c.isspace() for c in name):
+                raise JcdlError(path, f"{where}: the name is empty or holds "
+                                "whitespace")
+            if not np.all(np.isfinite(row)) or (row < 0).any():
+                raise JcdlError(path, f"{where}: votes must be finite and "
+                                ">= 0")
+            if not np.all(row == np.round(row)):
+                raise JcdlError(path, f"{where}: votes are not integers")
+            if not row.sum() > 0:
+                raise JcdlError(path, f"{where}: all votes are zero")
+            P.append(row / row.sum())
+            lines.append(None)
+        train_keys = [k for k in keys if "train" in k.lower()]
+        test_keys = [k for k in keys if "test" in k.lower()]
+        splits = None
+        if train_keys or test_keys:
+            trains = (_mat_index_sets(f, f[train_keys[0]], n, path,
+                                      train_keys[0]) if train_keys else None)
+            tests = (_mat_index_sets(f, f[test_keys[0]], n, path,
+                                     test_keys[0]) if test_keys else None)
+            if trains is None:
+                trains = [np.setdiff1d(np.arange(n), t) for t in tests]
+            if tests is None:
+                tests = [np.setdiff1d(np.arange(n), t) for t in trains]
+            if len(trains) != len(tests):
+                raise JcdlError(path, f"{len(trains)} train and {len(tests)} "
+                                "test index sets")
+            splits = []
+            for tr, te in zip(trains, tests):
+                if not len(tr) or not len(te) or np.intersect1d(tr, te).size:
+                    raise JcdlError(path, "a split's train and test sets are "
+                                    "empty or overlap")
+                splits.append((tr, te))
+    gt = GroundTruth(path, names, np.asarray(P), lines, classes, splits)
+    return gt
+
+
+# ---------------------------------------------------------------- finding
+
+def _find_gt(dataset, root, gt):
+    """The ground-truth file of the dataset in ROOT (or --gt)."""
+    if gt is not None:
+        if not Path(gt).is_file():
+            raise JcdlError(gt, "no such ground-truth file")
+        return Path(gt)
+    if dataset == "emotion6":
+        path = root / "ground_truth.txt"
+        if not path.is_file():
+            raise JcdlError(root, "no ground_truth.txt (Emotion6's "
+                            "ground-truth file) here; give --gt FILE")
+        return path
+    if dataset == "list":
+        path = root / "list.txt"
+        if not path.is_file():
+            raise JcdlError(root, "no list.txt here; give the list with "
+                            "--gt FILE")
+        return path
+    mats = sorted(root.glob("*_config.mat")) or sorted(root.glob("*.mat"))
+    if mats:
+        return mats[0]
+    txts = sorted(p for p in root.glob("*.txt") if p.is_file())
+    if len(txts) > 1:
+        txts = [p for p in txts if "vote" in p.name.lower()
+                or "ground_truth" in p.name.lower()] or txts
+    if len(txts) == 1:
+        return txts[0]
+    if txts:
+        raise JcdlError(root, "several candidate votes files (" +
+                        ", ".join(p.name for p in txts) + "); choose one "
+                        "with --gt FILE")
+    raise JcdlError(root, "no ground-truth file here (a *_config.mat or a "
+                    "votes file 'name v_1 ... v_8' *.txt); give --gt FILE")
+
+
+def read_ground_truth(dataset, root, gt=None):
+    """Reads DATASET's ground truth in ROOT; returns a GroundTruth."""
+    if dataset not in DATASETS:
+        raise JcdlError(dataset, "unknown dataset (one of "
+                        + ", ".join(DATASETS) + ")")
+    root = Path(root)
+    if not root.is_dir():
+        raise JcdlError(root, "no such dataset folder")
+    path = _find_gt(dataset, root, gt)
+    if dataset == "emotion6":
+        return read_emotion6(path)
+    if dataset == "list":
+        return read_list_file(path)
+    if path.suffix.lower() == ".mat":
+        return read_config_mat(path)
+    return read_votes(path)
+
+
+def resolve_images(gt, root, folders):
+    """Each name's image as a path relative to ROOT, looked up in ROOT/<f>/
+    for the folders in order; a name without a suffix may have a usual image
+    suffix."""
+    root = Path(root)
+    rel, seen = [], {}
+    for i, (name, line) in enumerate(zip(gt.names, gt.lines)):
+        where = "" if line is not None else f"image {i + 1}: "
+        if name.startswith("/") or ".." in Path(name).parts:
+            raise JcdlError(gt.path, f"{where}{name}: image names must be "
+                            "relative to the dataset folder", line)
+        candidates = [name] + ([name + s for s in IMAGE_SUFFIXES]
+                               if not Path(name).suffix else [])
+        found = None
+        for folder in folders:
+            for c in candidates:
+                r = f"{folder}/{c}" if folder else c
+                if os.path.isfile(root / r):
+                    found = r
+                    break
+            if found:
+                break
+        if found is None:
+            places = " and ".join(f"{root / f}/" if f else f"{root}/"
+                                  for f in folders)
+            raise JcdlError(gt.path, f"{where}image not found: {name} (looked "
+                            f"in {places})", line)
+        if found in seen:
+            raise JcdlError(gt.path, f"{where}{name} is listed twice (first "
+                            f"as entry {seen[found] + 1})", line)
+        seen[found] = i
+        rel.append(found)
+    return rel
+
+
+# ---------------------------------------------------------------- splits
+
+def random_splits(n, test_ratio, seed, count):
+    """count random (train, test) index splits of n items; test sets sorted,
+    train sets in random order."""
+    n_test = min(n - 1, max(1, int(round(n * test_ratio))))
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        perm = rng.permutation(n)
+        out.append((perm[n_test:], np.sort(perm[:n_test])))
+    return out
+
+
+def _write_split(folder, classes, rel, P, train, test):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "classes.txt").write_text("".join(c + "\n" for c in classes))
+    for name, idx in (("train.txt", train), ("test.txt", test)):
+        with open(folder / name, "w", encoding="utf-8",
+                  errors="surrogateescape") as f:
+            for i in idx:
+                f.write(format_row(rel[i], P[i]))
+
+
+def _read_classes(path, K):
+    path = Path(path)
+    if not path.is_file():
+        raise JcdlError(path, "no such classes file")
+    names = [t.strip() for t in path.read_text().splitlines() if t.strip()]
+    if len(names) != K or any(len(n.split()) != 1 for n in names):
+        raise JcdlError(path, f"{len(names)} class names (one word per "
+                        f"line), but the data have {K} emotions")
+    return tuple(names)
+
+
+OUR_FILES = re.compile(r"(train|test|classes)\.txt|split\d+")
+
+
+def prepare(dataset, root, out, test_ratio=0.2, seed=0, splits=None, gt=None,
+            classes=None):
+    """Reads the dataset and writes OUT (see the module's docstring).
+    Returns a summary dict."""
+    root, out = Path(root), Path(out)
+    truth = read_ground_truth(dataset, root, gt)
+    folders = {"emotion6": ("images", ""), "list": ("",)}.get(
+        dataset, ("", "images"))
+    rel = resolve_images(truth, root, folders)
+    names = truth.classes if classes is None else _read_classes(
+        classes, truth.P.shape[1])
+    n = len(rel)
+    if truth.splits is not None:
+        chosen = truth.splits
+        if splits is not None:
+            if splits > len(chosen):
+                raise JcdlError(truth.path, f"--splits {splits}, but the file "
+                                f"holds {len(chosen)} split(s)")
+            chosen = chosen[:splits]
+        rng = np.random.default_rng(seed)
+        chosen = [(rng.permutation(tr), np.sort(te)) for tr, te in chosen]
+        source = f"the split{'s' if len(chosen) > 1 else ''} of {truth.path}"
+    else:
+        if n < 2:
+            raise JcdlError(truth.path, "only one image: nothing to split")
+        chosen = random_splits(n, test_ratio, seed, splits or 1)
+        source = f"random, test ratio {test_ratio}, seed {seed}"
+    if out.exists():
+        strangers = [p.name for p in out.iterdir()
+                     if not OUR_FILES.fullmatch(p.name)] if out.is_dir() \
+            else [out.name]
+        if strangers:
+            raise JcdlError(out, "exists and holds other files ("
+                            + ", ".join(sorted(strangers)[:3]) + "); choose "
+                            "another output folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out) as tmp:
+        _write_split(tmp, names, rel, truth.P, *chosen[0])
+        if splits is not None or len(chosen) > 1:
+            for s, (train, test) in enumerate(chosen, 1):
+                _write_split(tmp / f"split{s}", names, rel, truth.P, train,
+                             test)
+    return {"n": n, "k": len(names), "train": len(chosen[0][0]),
+            "test": len(chosen[0][1]), "splits": len(chosen),
+            "source": source, "ground_truth": str(truth.path)}
+
+
+# ---------------------------------------------------------------- CLI
+
+def _ratio(text):
+    import argparse  # noqa: PLC0415
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not between 0 and 1")
+    return v
+
+
+def _positive(text):
+    import argparse  # noqa: PLC0415
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive "
+                                         "integer")
+    return v
+
+
+def cmd_prepare(args):
+    s = prepare(args.dataset, args.root, args.out, args.test_ratio, args.seed,
+                args.splits, args.gt, args.classes)
+    extra = f", {s['splits']} splits" if s["splits"] > 1 else ""
+    print(f"{args.out}: {s['n']} images, {s['k']} emotions, train "
+          f"{s['train']} / test {s['test']}{extra} ({s['source']}); give "
+          f"'{args.root}' as ROOT to jcdl convert")
+
+
+def register(sub):
+    p = sub.add_parser(
+        "prepare", help="dataset -> list files and train/test splits",
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p.add_argument("dataset", choices=DATASETS)
+    p.add_argument("root", help="the dataset folder (images and ground "
+                                "truth)")
+    p.add_argument("out", help="output folder for the lists")
+    p.add_argument("--test-ratio", type=_ratio, default=0.2,
+                   help="share of images in the test set (default 0.2; "
+                        "unused where a .mat file holds the split)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random splits and of train.txt's "
+                        "order (default 0)")
+    p.add_argument("--splits", type=_positive, default=None, metavar="N",
+                   help="also write N repeated random splits (or a .mat "
+                        "file's first N) in OUT/split1 ... OUT/splitN")
+    p.add_argument("--gt", help="the ground-truth file, when it is not "
+                                "where the dataset keeps it")
+    p.add_argument("--classes", help="emotion names, one per line, in "
+                                     "column order")
+    p.set_defaults(func=cmd_prepare)

@@ -1,0 +1,462 @@
+"""List files -> LMDB of Caffe ``Datum`` records (``jcdl convert``), the mean
+image (``jcdl mean``), and reading those LMDBs back for the other stages.
+
+``convert`` writes the same records as ``convert_imageset_r`` (our C++ tool,
+caffe_KL/tools/convert_imageset_r.cpp), byte for byte for the same list
+without ``--shuffle``:
+
+- key ``%08d_<path>`` (index in the list, then the path as written there);
+- raw (default): ``channels``, ``height``, ``width``, ``data`` = the decoded
+  (and resized) image as uint8 CHW BGR bytes, ``encoded: false``;
+- ``--encoded`` / ``--encode_type``: ``data`` = the file's own bytes when no
+  resize is asked and its extension is the encoding, else ``cv2.imencode``;
+  ``encoded: true``, no shape fields (as Caffe's ``ReadFileToDatum``);
+- ``float_data`` = the row normalised to sum 1, as float32; ``label`` 0.
+
+The list is validated like the C++ tool does, with its messages: every value
+a finite number >= 0 (C ``strtod`` syntax), every row the first row's count
+and a positive sum, every image present and decodable.
+"""
+import os
+import re
+import sys
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import lmdb
+import numpy as np
+
+from .common import JcdlError, atomic_output, import_caffe
+
+_pb2 = None
+
+
+def proto():
+    """Caffe's protobuf module (imports pycaffe once, quietly)."""
+    global _pb2
+    if _pb2 is None:
+        _pb2 = import_caffe().proto.caffe_pb2
+    return _pb2
+
+
+# ---------------------------------------------------------------- the list
+
+# The finite numbers C's strtod reads completely (C locale): decimal and
+# hexadecimal floats (inf and nan are refused anyway).
+_STRTOD = re.compile(
+    rb"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+    rb"|0[xX](?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)(?:[pP][+-]?\d+)?)")
+
+
+def _strtod(tok):
+    """The finite value strtod reads from the whole token, or None where the
+    C++ tool refuses it (not a number, trailing characters, inf, nan,
+    overflow or underflow: ERANGE)."""
+    if not _STRTOD.fullmatch(tok):
+        return None
+    body = tok.lstrip(b"+-")
+    if body[:2].lower() == b"0x":
+        v = float.fromhex(tok.decode())
+        digits = re.split(rb"[pP]", body[2:])[0].strip(b"0.")
+    else:
+        v = float(tok)
+        digits = re.split(rb"[eE]", body)[0].strip(b"0.")
+    if not np.isfinite(v) or (digits and abs(v) < sys.float_info.min):
+        return None
+    return v
+
+
+class Entry:
+    """One list line: the path as written, its distribution (float64, sum 1)
+    and its 1-based line number."""
+    __slots__ = ("path", "dist", "line")
+
+    def __init__(self, path, dist, line):
+        self.path, self.dist, self.line = path, dist, line
+
+
+def image_path(root, path):
+    """root + path, with a '/' between them unless root already ends in one
+    (the C++ tool concatenates: pass ROOT/ to get the same messages)."""
+    root = os.fspath(root)
+    if root and not root.endswith("/"):
+        root += "/"
+    return root + path
+
+
+def read_list(list_path, root=None):
+    """Reads ``path p_1 ... p_K`` lines (blank lines skipped) into Entries;
+    with ``root``, also checks that each image file exists. Raises JcdlError
+    naming the list file and line, with the C++ tool's messages."""
+    list_path = os.fspath(list_path)
+    try:
+        with open(list_path, "rb") as f:
+            data = f.read()
+    except OSError:
+        raise JcdlError(list_path, "cannot open the list file") from None
+    entries, K = [], 0
+    for line_no, text in enumerate(data.split(b"\n"), 1):
+        tokens = text.split()            # C isspace: the istringstream's split
+        if not tokens:
+            continue
+        values = []
+        for tok in tokens[1:]:
+            v = _strtod(tok)
+            shown = tok.decode("utf-8", "replace")
+            if v is None:
+                raise JcdlError(list_path,
+                                f"'{shown}' is not a finite number", line_no)
+            if v < 0:
+                raise JcdlError(list_path, f"negative value {shown}", line_no)
+            values.append(v)
+        if not values:
+            raise JcdlError(list_path, "no distribution after the path "
+                            "(expected 'path p_1 ... p_K')", line_no)
+        K = K or len(values)
+        if len(values) != K:
+            raise JcdlError(list_path, f"{len(values)} values, but the first "
+                            f"line has {K}", line_no)
+        total = sum(values)
+        if not total > 0:
+            raise JcdlError(list_path, "all values are zero", line_no)
+        path = os.fsdecode(tokens[0])
+        if root is not None and not os.path.isfile(image_path(root, path)):
+            raise JcdlError(list_path, "image not found: " +
+                            image_path(root, path), line_no)
+        entries.append(Entry(path, np.asarray(values) / total, line_no))
+    if not entries:
+        raise JcdlError(list_path, "the list is empty")
+    return entries
+
+
+# ---------------------------------------------------------------- records
+
+def _extension(path):
+    """What follows the last '.' (the whole string if none), ASCII lower
+    case, as the C++ tool computes it."""
+    return path[path.rfind(".") + 1:].encode("utf-8", "surrogateescape") \
+        .lower().decode("utf-8", "surrogateescape")
+
+
+def make_datum(entry, list_path, full_path, gray=False, resize_height=0,
+               resize_width=0, encode_type=""):
+    """The Datum of one entry, as convert_imageset_r builds it; encode_type
+    '' means raw pixels."""
+    pb2 = proto()
+    img = cv2.imread(full_path, cv2.IMREAD_GRAYSCALE if gray
+                     else cv2.IMREAD_COLOR)
+    if img is None:
+        raise JcdlError(list_path, "cannot decode image " + full_path,
+                        entry.line)
+    if resize_height > 0 and resize_width > 0:
+        img = cv2.resize(img, (resize_width, resize_height))
+    datum = pb2.Datum()
+    if not encode_type:
+        chw = img[None] if img.ndim == 2 else img.transpose(2, 0, 1)
+        datum.channels, datum.height, datum.width = chw.shape
+        datum.data = chw.tobytes()
+        datum.encoded = False
+    else:
+        channels = 1 if img.ndim == 2 else img.shape[2]
+        if (resize_height == 0 and resize_width == 0
+                and _extension(full_path) == encode_type
+                and (channels == 3) == (not gray)):
+            with open(full_path, "rb") as f:
+                datum.data = f.read()    # the file's own bytes
+        else:
+            try:
+                ok, buf = cv2.imencode("." + encode_type, img)
+            except cv2.error:
+                ok = False
+            if not ok:
+                raise JcdlError(list_path, f"cannot encode image {full_path} "
+                                f"as {encode_type}", entry.line)
+            datum.data = buf.tobytes()
+        datum.encoded = True
+    datum.float_data.extend(entry.dist)
+    datum.label = 0                      # unused: the label is the distribution
+    return datum
+
+
+def _ordered_map(fn, items, workers):
+    """fn over items on a thread pool (OpenCV releases the GIL while it
+    decodes), results in order, at most a few dozen in flight."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        window = deque()
+        for item in items:
+            window.append(pool.submit(fn, item))
+            if len(window) >= 8 * workers:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+
+
+def _write_db(path, records, map_size):
+    """Writes (key, value) pairs into a new LMDB folder at path, committing
+    every 1000 records like Caffe; the map grows as needed."""
+    env = lmdb.open(str(path), map_size=map_size,
+                    subdir=True, sync=False, metasync=False, meminit=False)
+    try:
+        batch = []
+
+        def flush():
+            while True:
+                try:
+                    with env.begin(write=True) as txn:
+                        for k, v in batch:
+                            txn.put(k, v, append=False)
+                    break
+                except lmdb.MapFullError:
+                    env.set_mapsize(env.info()["map_size"] * 2)
+            batch.clear()
+
+        for kv in records:
+            batch.append(kv)
+            if len(batch) == 1000:
+                flush()
+        flush()
+        env.sync(True)
+    finally:
+        env.close()
+
+
+def convert(root, list_path, db_path, resize_height=0, resize_width=0,
+            gray=False, encoded=False, encode_type="", shuffle=False, seed=0,
+            check_size=False, threads=None, progress=True):
+    """Writes the LMDB db_path from the list (see the module's docstring).
+    Nothing is at db_path unless it completed; an existing db_path is
+    refused. Returns the number of records."""
+    from tqdm import tqdm  # noqa: PLC0415
+
+    db_path = os.fspath(db_path)
+    if os.path.lexists(db_path):
+        raise JcdlError(db_path, "already exists; remove it or choose "
+                        "another name")
+    entries = read_list(list_path, root)
+    if shuffle:
+        order = np.random.default_rng(seed).permutation(len(entries))
+        entries = [entries[i] for i in order]
+    list_path = os.fspath(list_path)
+    resize_height, resize_width = max(0, resize_height), max(0, resize_width)
+    encoded = encoded or bool(encode_type)
+
+    def record(item):
+        i, e = item
+        enc = encode_type
+        if encoded and not enc:          # guess the encoding from the name
+            enc = _extension(e.path)
+        datum = make_datum(e, list_path, image_path(root, e.path), gray,
+                           resize_height, resize_width, enc)
+        key = b"%08d_" % i + os.fsencode(e.path)
+        return e, key, len(datum.data), datum.SerializeToString()
+
+    def checked(results):
+        size = None
+        for e, key, n, value in results:
+            if check_size:
+                size = n if size is None else size
+                if n != size:
+                    raise JcdlError(list_path, f"image {e.path} differs in "
+                                    "size from the first one (--check_size)",
+                                    e.line)
+            yield key, value
+
+    proto()                              # import pycaffe before the bar starts
+    workers = threads or min(8, os.cpu_count() or 1)
+    results = _ordered_map(record, enumerate(entries), workers)
+    bar = tqdm(total=len(entries), unit="img", desc="convert",
+               file=sys.stderr, disable=not progress)
+    Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+    with bar, atomic_output(db_path) as tmp:
+        _write_db(tmp, _counted(checked(results), bar),
+                  max(1 << 28, len(entries) << 17))
+    return len(entries)
+
+
+def _counted(items, bar):
+    for item in items:
+        yield item
+        bar.update(1)
+
+
+# ---------------------------------------------------------------- reading
+
+def _open(db_path):
+    db_path = os.fspath(db_path)
+    if not os.path.exists(db_path):
+        raise JcdlError(db_path, "no such LMDB")
+    try:
+        return lmdb.open(db_path, readonly=True, lock=False,
+                         subdir=os.path.isdir(db_path))
+    except lmdb.Error as e:
+        raise JcdlError(db_path, f"not an LMDB ({e})") from None
+
+
+def iter_datums(db_path):
+    """Yields (key, Datum) in key order; key is a str."""
+    pb2 = proto()
+    env = _open(db_path)
+    try:
+        with env.begin(buffers=False) as txn:
+            for key, value in txn.cursor():
+                name = key.decode("utf-8", "surrogateescape")
+                datum = pb2.Datum()
+                try:
+                    datum.ParseFromString(value)
+                except Exception:  # noqa: BLE001  (protobuf's DecodeError)
+                    raise JcdlError(db_path, f"record {name} is not a Caffe "
+                                    "Datum") from None
+                yield name, datum
+    finally:
+        env.close()
+
+
+def datum_image(datum, where="datum"):
+    """The image of a Datum as an H x W x C uint8 numpy array (BGR order as
+    stored). Encoded images are decoded as Caffe's Data layer does by default
+    (natively: their own channels)."""
+    if datum.encoded:
+        img = cv2.imdecode(np.frombuffer(datum.data, np.uint8),
+                           cv2.IMREAD_UNCHANGED)
+        if img is None or img.dtype != np.uint8:
+            raise JcdlError(where, "cannot decode the encoded image")
+        return img[:, :, None] if img.ndim == 2 else img
+    c, h, w = datum.channels, datum.height, datum.width
+    if len(datum.data) != c * h * w or not len(datum.data):
+        raise JcdlError(where, f"{len(datum.data)} bytes of image data for "
+                        f"{c}x{h}x{w}")
+    return np.frombuffer(datum.data, np.uint8).reshape(c, h, w) \
+        .transpose(1, 2, 0)
+
+
+def db_info(db_path):
+    """n (records), k (len of float_data in the first one, 0 if none),
+    channels, height, width (of the first image; decoded if encoded),
+    encoded."""
+    env = _open(db_path)
+    n = env.stat()["entries"]
+    env.close()
+    for key, datum in iter_datums(db_path):
+        h, w, c = datum_image(datum, f"{db_path}: record {key}").shape
+        return {"n": n, "k": len(datum.float_data), "channels": c,
+                "height": h, "width": w, "encoded": bool(datum.encoded)}
+    raise JcdlError(db_path, "the LMDB is empty")
+
+
+def mean_paths(out_path):
+    """(binaryproto, npy) paths for ``jcdl mean``'s OUT: OUT and OUT with the
+    suffix .npy, or for an OUT ending in .npy, OUT with .binaryproto."""
+    out = Path(out_path)
+    if out.suffix == ".npy":
+        return out.with_suffix(".binaryproto"), out
+    if out.suffix == ".binaryproto":
+        return out, out.with_suffix(".npy")
+    return out, out.with_name(out.name + ".npy")
+
+
+def compute_mean(db_path, out_path, progress=True):
+    """Mean image of the LMDB, written as a BlobProto 1 x C x H x W (as
+    compute_image_mean writes it) and as a C x H x W float32 .npy beside it
+    (see mean_paths). Returns the C x H x W mean."""
+    from tqdm import tqdm  # noqa: PLC0415
+
+    n = db_info(db_path)["n"]
+    total, shape = None, None
+    for key, datum in tqdm(iter_datums(db_path), total=n, unit="img",
+                           desc="mean", file=sys.stderr, disable=not progress):
+        img = datum_image(datum, f"{db_path}: record {key}")
+        if total is None:
+            shape, total = img.shape, np.zeros(img.shape, np.float64)
+        elif img.shape != shape:
+            raise JcdlError(db_path, f"record {key} is {img.shape[1]}x"
+                            f"{img.shape[0]}x{img.shape[2]} (WxHxC), the "
+                            f"first one {shape[1]}x{shape[0]}x{shape[2]}: "
+                            "a mean needs one size")
+        total += img
+    mean = (total / n).transpose(2, 0, 1).astype(np.float32)
+    blob = proto().BlobProto()
+    blob.num = 1
+    blob.channels, blob.height, blob.width = mean.shape
+    blob.data.extend(mean.ravel().tolist())
+    proto_path, npy_path = mean_paths(out_path)
+    proto_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(proto_path) as tmp:
+        Path(tmp).write_bytes(blob.SerializeToString())
+    with atomic_output(npy_path) as tmp, open(tmp, "wb") as f:
+        np.save(f, mean)
+    return mean
+
+
+# ---------------------------------------------------------------- CLI
+
+def cmd_convert(args):
+    if args.backend != "lmdb":
+        what = ("jcdl convert writes lmdb only; use convert_imageset_r for "
+                "leveldb") if args.backend == "leveldb" else \
+            f"unknown --backend {args.backend} (use lmdb)"
+        raise JcdlError(args.db, what)
+    n = convert(args.root, args.list, args.db, args.resize_height,
+                args.resize_width, args.gray, args.encoded, args.encode_type,
+                args.shuffle, args.seed, args.check_size, args.threads)
+    print(f"{args.db}: {n} records")
+
+
+def cmd_mean(args):
+    mean = compute_mean(args.db, args.out)
+    proto_path, npy_path = mean_paths(args.out)
+    print(f"{proto_path}, {npy_path}: mean of {mean.shape[0]}x"
+          f"{mean.shape[1]}x{mean.shape[2]} (CxHxW); per channel "
+          + " ".join(f"{v:.3f}" for v in mean.mean(axis=(1, 2))))
+
+
+def register(sub):
+    p = sub.add_parser(
+        "convert", help="list file -> LMDB of Caffe Datum records",
+        description="Writes the LMDB DB from LIST ('relative/path.jpg p_1 ... "
+                    "p_K' lines; images under ROOT): the same records as "
+                    "convert_imageset_r with the same flags (keys "
+                    "%08d_<path>, the image as raw CHW BGR bytes or encoded, "
+                    "the row normalised to sum 1 in float_data). Written "
+                    "atomically; an existing DB is refused.")
+    p.add_argument("root", help="folder the list's paths are relative to")
+    p.add_argument("list", help="'path p_1 ... p_K' lines")
+    p.add_argument("db", help="the LMDB folder to create")
+    p.add_argument("--shuffle", action="store_true",
+                   help="randomly shuffle the order (reproducible by --seed)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --shuffle")
+    p.add_argument("--resize_height", "--resize-height", type=int, default=0,
+                   help="height images are resized to (with --resize_width)")
+    p.add_argument("--resize_width", "--resize-width", type=int, default=0,
+                   help="width images are resized to (with --resize_height)")
+    p.add_argument("--gray", action="store_true",
+                   help="treat images as grayscale")
+    p.add_argument("--encoded", action="store_true",
+                   help="store encoded images (the file's bytes where "
+                        "possible)")
+    p.add_argument("--encode_type", "--encode-type", default="",
+                   help="encoding to store ('png', 'jpg', ...); implies "
+                        "--encoded")
+    p.add_argument("--backend", default="lmdb",
+                   help="lmdb (the only one jcdl writes)")
+    p.add_argument("--check_size", "--check-size", action="store_true",
+                   help="check that all records have the same data size")
+    p.add_argument("--threads", type=int, default=None,
+                   help="decoding threads (default: the CPU count, at most "
+                        "8); the records do not depend on it")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser(
+        "mean", help="mean image of an LMDB (.binaryproto and .npy)",
+        description="Writes the mean image of DB as OUT, a BlobProto "
+                    "1 x C x H x W as compute_image_mean writes it, and the "
+                    "same as a C x H x W float32 .npy beside it (OUT with "
+                    "the suffix .npy; an OUT ending in .npy gets the "
+                    ".binaryproto beside it instead).")
+    p.add_argument("db", help="LMDB of Datum records")
+    p.add_argument("out", help="mean.binaryproto")
+    p.set_defaults(func=cmd_mean)

@@ -1,0 +1,782 @@
+"""``jcdl train``: pycaffe's solver driven from Python, for any solver and
+net that ``caffe train`` accepts.
+
+What it adds to ``caffe train``:
+
+- checks before Caffe starts (files, LMDBs, K of the LMDB against the net's
+  output count, weights and solverstates that fit the net), so bad input is
+  one clear line instead of a CHECK abort;
+- a progress bar, and Caffe's glog-format log lines on stderr (and
+  ``--log``), so ``jcdl plot`` and Caffe's log tools read them;
+- at each test, where a test net feeds logits to a distribution loss, the
+  six label-distribution measures and accuracy as further
+  ``Test net output`` lines;
+- snapshots under Caffe's names (``<prefix>_iter_<N>.caffemodel`` and
+  ``.solverstate``) that appear complete or not at all: Caffe writes them
+  into a temporary folder beside them, then they are renamed, the
+  caffemodel first, with the solverstate's ``learned_net`` naming the final
+  caffemodel;
+- Ctrl-C: a snapshot at the current iteration, the command that resumes
+  from it, exit 0;
+- a loss of nan or inf stops training with a clear error.
+
+Paths inside the solver and the nets are relative to the working directory,
+as with ``caffe train``.
+"""
+import ctypes
+import math
+import os
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from google.protobuf import text_format
+from google.protobuf.message import DecodeError
+
+from .common import JcdlError, import_caffe
+from .lmdbio import db_info
+from .metrics import summary
+
+# loss layers whose bottoms are (logits, distribution label)
+DISTRIBUTION_LOSSES = ("SoftmaxWithKLLoss", "SoftmaxWithDominantLoss",
+                       "SoftmaxWithMyKLLoss")
+# solvers of diverged trainings, never freed (see _Trainer.diverged)
+_KEEP = []
+MEASURES = ("chebyshev", "clark", "canberra", "kl", "cosine",
+            "intersection", "accuracy")
+
+
+def _pb():
+    return import_caffe().proto.caffe_pb2
+
+
+# ------------------------------------------------------ solver and nets
+
+def _read_text_proto(path, message, what):
+    path = Path(path)
+    if not path.is_file():
+        raise JcdlError(path, f"no such {what}")
+    try:
+        text_format.Merge(path.read_text(errors="replace"), message)
+    except text_format.ParseError as e:  # "LINE:COLUMN : what"
+        raise JcdlError(path, f"not a valid {what}: "
+                        f"{str(e).split(' : ', 1)[-1]}",
+                        line=e.GetLine()) from None
+    return message
+
+
+def read_solver(path):
+    """The SolverParameter of a solver prototxt."""
+    return _read_text_proto(path, _pb().SolverParameter(), "solver file")
+
+
+def solver_nets(solver, solver_path):
+    """The nets a solver trains and tests, as Caffe picks them: (train,
+    tests), each net a (NetParameter, file it comes from)."""
+    pb = _pb()
+
+    def load(path):
+        if not Path(path).is_file():
+            raise JcdlError(path, f"no such net file (named in {solver_path};"
+                            " caffe reads it relative to the working "
+                            "directory)")
+        return (_read_text_proto(path, pb.NetParameter(), "net file"),
+                str(path))
+
+    general = None
+    if solver.HasField("train_net_param"):
+        train = (solver.train_net_param, str(solver_path))
+    elif solver.train_net:
+        train = load(solver.train_net)
+    elif solver.HasField("net_param"):
+        train = general = (solver.net_param, str(solver_path))
+    elif solver.net:
+        train = general = load(solver.net)
+    else:
+        raise JcdlError(solver_path, "the solver names no net ('net: ...')")
+    tests = [(p, str(solver_path)) for p in solver.test_net_param]
+    tests += [load(f) for f in solver.test_net]
+    if general is not None:
+        tests += [general] * (len(solver.test_iter) - len(tests))
+    if len(solver.test_iter) != len(tests):
+        raise JcdlError(solver_path, f"{len(tests)} test nets but "
+                        f"{len(solver.test_iter)} test_iter values")
+    if tests and solver.test_interval <= 0:
+        raise JcdlError(solver_path, "the solver has test nets but no "
+                        "test_interval > 0")
+    return train, tests
+
+
+def _in_phase(layer, phase):
+    """Whether a layer is in the net of a phase (include/exclude rules by
+    phase; stages and levels are not looked at)."""
+    if layer.include:
+        return any(not r.HasField("phase") or r.phase == phase
+                   for r in layer.include)
+    return not any(r.HasField("phase") and r.phase == phase
+                   for r in layer.exclude)
+
+
+def phase_layers(net, phase):
+    return [layer for layer in net.layer if _in_phase(layer, phase)]
+
+
+def _num_output(layer):
+    if layer.type == "InnerProduct":
+        return layer.inner_product_param.num_output
+    if layer.type in ("Convolution", "Deconvolution"):
+        return layer.convolution_param.num_output
+    return None
+
+
+def _producer(layers, before, blob):
+    """The last layer before index ``before`` with ``blob`` among its tops."""
+    for layer in reversed(layers[:before]):
+        if blob in layer.top:
+            return layer
+    return None
+
+
+def check_net(net, net_file, phase):
+    """Checks the Data layers and the distribution losses of one phase of a
+    net. Returns (logits, label) blob names of its first distribution loss,
+    or None."""
+    if not net.layer:
+        return None  # a V1 net ('layers'): Caffe upgrades it, not checked
+    pb = _pb()
+    layers = phase_layers(net, phase)
+    label_k = {}  # label top -> (K, LMDB)
+    for layer in layers:
+        if layer.type != "Data":
+            continue
+        source = layer.data_param.source
+        where = f"(source of layer '{layer.name}' in {net_file})"
+        if not source:
+            raise JcdlError(net_file, f"layer '{layer.name}' has no source")
+        if layer.data_param.backend != pb.DataParameter.LMDB:
+            if not Path(source).exists():
+                raise JcdlError(source, f"no such database {where}")
+            continue
+        if not Path(source).exists():
+            raise JcdlError(source, f"no such LMDB {where}")
+        info = db_info(source)
+        if len(layer.top) > 1:
+            label_k[layer.top[1]] = (info["k"], source)
+        _check_transform(layer, info, source, net_file)
+    found = None
+    for i, layer in enumerate(layers):
+        if layer.type not in DISTRIBUTION_LOSSES or len(layer.bottom) < 2:
+            continue
+        logits, label = layer.bottom[:2]
+        found = found or (logits, label)
+        if label not in label_k:
+            continue
+        k, source = label_k[label]
+        if k == 0:
+            raise JcdlError(source, f"the LMDB has integer labels (no "
+                            f"float_data), but layer '{layer.name}' "
+                            f"({layer.type}) in {net_file} needs a "
+                            "distribution per image")
+        producer = _producer(layers, i, logits)
+        outputs = producer is not None and _num_output(producer)
+        if outputs and outputs != k:
+            raise JcdlError(net_file, f"layer '{producer.name}' has "
+                            f"num_output {outputs}, but the LMDB {source} "
+                            f"holds K = {k} values per label "
+                            f"(for loss '{layer.name}')")
+    return found
+
+
+def _check_transform(layer, info, source, net_file):
+    tp = layer.transform_param
+    crop = tp.crop_size
+    if crop and crop > min(info["height"], info["width"]):
+        raise JcdlError(net_file, f"layer '{layer.name}': crop_size {crop} "
+                        f"is larger than the {info['height']}x"
+                        f"{info['width']} images of {source}")
+    if tp.mean_file:
+        mean = Path(tp.mean_file)
+        if not mean.is_file():
+            raise JcdlError(mean, f"no such mean file (layer '{layer.name}' "
+                            f"in {net_file})")
+        blob = _pb().BlobProto()
+        try:
+            blob.ParseFromString(mean.read_bytes())
+        except DecodeError:
+            raise JcdlError(mean, "not a mean .binaryproto") from None
+        shape = (tuple(blob.shape.dim)[-3:] if blob.shape.dim else
+                 (blob.channels, blob.height, blob.width))
+        want = (info["channels"], info["height"], info["width"])
+        if tp.force_color or tp.force_gray:  # channels set by the layer
+            want = want[1:]
+            shape = shape[1:]
+        if shape != want:
+            raise JcdlError(mean, f"mean of shape {'x'.join(map(str, shape))}"
+                            f", but the images of {source} are "
+                            f"{'x'.join(map(str, want))}")
+
+
+# ----------------------------------------------------- weights and state
+
+def _blob_shape(blob):
+    """(shape, legacy) of a BlobProto."""
+    if blob.HasField("shape"):
+        return tuple(blob.shape.dim), False
+    return (blob.num, blob.channels, blob.height, blob.width), True
+
+
+def _blob_count(blob):
+    return len(blob.data) or len(blob.double_data)
+
+
+def _fits(shape, legacy, target):
+    if legacy:
+        return len(target) <= 4 and \
+            (1,) * (4 - len(target)) + tuple(target) == shape
+    return tuple(target) == shape
+
+
+def _fmt(shape):
+    return "(" + ", ".join(map(str, shape)) + ")"
+
+
+def read_caffemodel(path, what="weights file"):
+    """{layer name: [(shape, legacy, count), ...]} of a binary caffemodel
+    (new or V1 layer format)."""
+    path = Path(path)
+    if not path.is_file():
+        raise JcdlError(path, f"no such {what}")
+    net = _pb().NetParameter()
+    try:
+        net.ParseFromString(path.read_bytes())
+    except DecodeError:
+        raise JcdlError(path, f"cannot parse: damaged or not a caffemodel "
+                        f"({what})") from None
+    out = {}
+    for layer in list(net.layer) + list(net.layers):
+        out[layer.name] = [(*_blob_shape(b), _blob_count(b))
+                           for b in layer.blobs]
+    if not out:
+        raise JcdlError(path, f"holds no layers: not a caffemodel ({what})")
+    return out
+
+
+def check_weights(path, model, net):
+    """Raises unless the blobs of every layer of ``model`` (from
+    read_caffemodel) named like a layer of the pycaffe ``net`` fit it, as
+    Caffe's CopyTrainedLayersFrom requires."""
+    targets = dict(zip(net._layer_names, net.layers))
+    for name, blobs in model.items():
+        if name not in targets:
+            continue
+        want = [tuple(b.data.shape) for b in targets[name].blobs]
+        if len(want) != len(blobs):
+            raise JcdlError(path, f"layer '{name}' has {len(blobs)} blobs "
+                            f"in the weights but {len(want)} in the net")
+        for j, ((shape, legacy, count), target) in enumerate(
+                zip(blobs, want)):
+            if not _fits(shape, legacy, target):
+                raise JcdlError(path, f"layer '{name}' does not fit: blob "
+                                f"{j} has shape {_fmt(shape)} in the weights "
+                                f"but {_fmt(target)} in the net")
+            if count != math.prod(shape):
+                raise JcdlError(path, f"layer '{name}': blob {j} holds "
+                                f"{count} values for shape {_fmt(shape)} "
+                                f"(damaged file?)")
+
+
+def read_solverstate(path):
+    """(SolverState, the path of its caffemodel). ``learned_net`` is read
+    like Caffe (relative to the working directory), falling back to the
+    file of that name beside the solverstate."""
+    path = Path(path)
+    if not path.is_file():
+        raise JcdlError(path, "no such solverstate")
+    if path.suffix == ".h5":
+        raise JcdlError(path, "HDF5 solverstates are not supported by jcdl "
+                        "train (use caffe train --snapshot)")
+    state = _pb().SolverState()
+    try:
+        state.ParseFromString(path.read_bytes())
+    except DecodeError:
+        raise JcdlError(path, "cannot parse: damaged or not a "
+                        ".solverstate") from None
+    if not state.HasField("iter") or not state.learned_net:
+        raise JcdlError(path, "damaged or not a .solverstate (no iteration "
+                        "or caffemodel recorded)")
+    model = Path(state.learned_net)
+    if not model.is_file():
+        model = path.parent / model.name
+    if not model.is_file():
+        raise JcdlError(path, f"its caffemodel {state.learned_net} is "
+                        "missing")
+    return state, model
+
+
+def check_history(path, state, net):
+    """The solverstate's history blobs must match the net's parameters (one
+    per parameter, or two for Adam and AdaDelta)."""
+    shapes, seen = [], set()
+    for layer in net.layers:
+        for blob in layer.blobs:
+            ptr = blob.data.ctypes.data
+            if ptr not in seen:  # shared parameters count once, as in Caffe
+                seen.add(ptr)
+                shapes.append(tuple(blob.data.shape))
+    history = []
+    for blob in state.history:
+        history.append((*_blob_shape(blob), _blob_count(blob)))
+    if len(history) not in (len(shapes), 2 * len(shapes)):
+        raise JcdlError(path, f"has {len(history)} history blobs but the "
+                        f"net has {len(shapes)} parameter blobs (damaged, or "
+                        "from another net?)")
+    for (shape, legacy, count), target in zip(
+            history, shapes * (len(history) // max(len(shapes), 1))):
+        if not _fits(shape, legacy, target) or count != math.prod(shape):
+            raise JcdlError(path, f"a history blob of shape {_fmt(shape)} "
+                            f"({count} values) does not match the net's "
+                            f"parameter {_fmt(target)} (damaged, or from "
+                            "another net?)")
+
+
+def set_learned_net(state_path, model):
+    """Makes a binary solverstate name ``model`` as its caffemodel by
+    appending a second ``learned_net`` field: protobuf parsers keep the last
+    value of a field that occurs twice, and the file (as large as the net)
+    is not rewritten."""
+    field = _pb().SolverState(learned_net=str(model)).SerializeToString()
+    with open(state_path, "ab") as f:
+        f.write(field)
+
+
+# ----------------------------------------------------------- devices
+
+def _cuda_libraries():
+    """The CUDA runtime and cuBLAS libraries this process loaded with
+    pycaffe: none for a CPU-only Caffe."""
+    with open("/proc/self/maps") as f:
+        paths = {line.split()[-1] for line in f}
+    return sorted(p for p in paths if "/libcudart" in p or "/libcublas" in p)
+
+
+def _gpu_count(libraries):
+    """cudaGetDeviceCount, or None when it cannot be asked."""
+    for library in libraries:
+        if "/libcudart" in library:
+            try:
+                count = ctypes.c_int()
+                cudart = ctypes.CDLL(library)
+                if cudart.cudaGetDeviceCount(ctypes.byref(count)) != 0:
+                    return 0
+                return count.value
+            except (OSError, AttributeError):
+                return None
+    return None
+
+
+def select_device(caffe, solver, solver_path, gpu, log):
+    """Sets Caffe's mode like ``caffe train``: --gpu wins, else the
+    solver's solver_mode/device_id. A GPU solver on a CPU-only Caffe trains
+    on the CPU, with a warning."""
+    pb = _pb()
+    if gpu is None and solver.solver_mode == pb.SolverParameter.GPU:
+        if not _cuda_libraries():
+            log.line("W", "caffe.cpp:183", f"{solver_path} asks for the GPU "
+                     "but this Caffe is CPU-only: training on the CPU")
+            caffe.set_mode_cpu()
+            return "CPU"
+        gpu = solver.device_id
+    if gpu is None:
+        caffe.set_mode_cpu()
+        return "CPU"
+    libraries = _cuda_libraries()
+    if not libraries:
+        raise JcdlError(Path(caffe.__file__).parent, f"--gpu {gpu}: this "
+                        "pycaffe is a CPU-only build (build the GPU one with "
+                        "'make cuda' and use it)")
+    count = _gpu_count(libraries)
+    if count is not None and not 0 <= gpu < count:
+        raise JcdlError(Path(caffe.__file__).parent, f"--gpu {gpu}: "
+                        f"{count} GPU(s) visible")
+    caffe.set_device(gpu)
+    caffe.set_mode_gpu()
+    return f"GPU {gpu}"
+
+
+# ---------------------------------------------------------------- log
+
+class Log:
+    """Caffe's glog line format, on stderr (above the progress bar) and in
+    an optional file."""
+
+    def __init__(self, path=None, append=False):
+        try:
+            self.file = open(path, "a" if append else "w") if path else None
+        except OSError as e:
+            raise JcdlError(path, f"cannot write the log ({e.strerror})") \
+                from None
+        self.tid = threading.get_native_id()
+
+    def line(self, level, where, message):
+        now = datetime.now()
+        text = (f"{level}{now:%m%d %H:%M:%S.%f} {self.tid:>5} {where}] "
+                f"{message}")
+        from tqdm import tqdm  # noqa: PLC0415
+        tqdm.write(text, file=sys.stderr)
+        if self.file:
+            self.file.write(text + "\n")
+            self.file.flush()
+
+    def info(self, where, message):
+        self.line("I", where, message)
+
+    def close(self):
+        if self.file:
+            self.file.close()
+
+
+def _value(v):
+    return f"{float(v):.6g}"
+
+
+# ---------------------------------------------------------- training
+
+class _Trainer:
+    def __init__(self, solver, param, solver_path, prefix, tmp_prefix, tests,
+                 log):
+        self.solver, self.param, self.solver_path = solver, param, solver_path
+        self.prefix, self.tmp_prefix = prefix, tmp_prefix
+        self.tests, self.log = tests, log  # tests: [(logits, label) | None]
+        self.last_snapshot = None  # (iteration, caffemodel, solverstate)
+        self.stop = False
+
+    def snapshot(self):
+        """Caffe's snapshot into the temporary prefix, then renamed: the
+        caffemodel first, then the solverstate that names it."""
+        it = self.solver.iter
+        tmp_model, tmp_state = snapshot_names(self.tmp_prefix, it)
+        model, state_path = snapshot_names(self.prefix, it)
+        self.solver.snapshot()
+        set_learned_net(tmp_state, model)
+        for path in (tmp_model, tmp_state):
+            with open(path, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp_model, model)
+        self.log.info("solver.cpp:464",
+                      f"Snapshotting to binary proto file {model}")
+        os.replace(tmp_state, state_path)
+        self.log.info("sgd_solver.cpp:284", "Snapshotting solver state to "
+                      f"binary proto file {state_path}")
+        self.last_snapshot = (it, model, state_path)
+
+    # testing
+    def test_all(self):
+        for i, net in enumerate(self.solver.test_nets):
+            if not self.test(i, net):
+                return
+
+    def test(self, index, net):
+        it = self.solver.iter
+        self.log.info("solver.cpp:347",
+                      f"Iteration {it}, Testing net (#{index})")
+        net.share_with(self.solver.net)
+        sums = {}
+        P, Q = [], []
+        blobs = self.tests[index]
+        for _ in range(self.param.test_iter[index]):
+            if self.stop:
+                self.log.info("solver.cpp:396", "Test interrupted.")
+                return False
+            net.forward()
+            for name in net.outputs:
+                value = net.blobs[name].data.astype(np.float64).ravel()
+                sums[name] = sums.get(name, 0) + value
+            if blobs:
+                logits = net.blobs[blobs[0]].data
+                logits = logits.reshape(len(logits), -1).astype(np.float64)
+                label = net.blobs[blobs[1]].data
+                label = label.reshape(len(label), -1)
+                if label.shape == logits.shape:
+                    z = logits - logits.max(axis=1, keepdims=True)
+                    q = np.exp(z)
+                    Q.append(q / q.sum(axis=1, keepdims=True))
+                    P.append(label.astype(np.float64))
+        index_out = self.log_outputs("Test", "solver.cpp:414", net, {
+            name: total / self.param.test_iter[index]
+            for name, total in sums.items()})
+        if P:
+            values = summary(np.concatenate(P), np.concatenate(Q))
+            for name in MEASURES:
+                shown = f"ldl_{name}" if name in net.outputs else name
+                self.log.info("solver.cpp:414", f"    Test net output "
+                              f"#{index_out}: {shown} = "
+                              f"{_value(values[name])}")
+                index_out += 1
+        return True
+
+    # the loop
+    def net_loss(self):
+        net = self.solver.net
+        weights = net.blob_loss_weights
+        return sum(weights.get(name, 0) * float(net.blobs[name].data.sum())
+                   for name in net.outputs)
+
+    def run(self, progress):
+        from tqdm import tqdm  # noqa: PLC0415
+        p, solver = self.param, self.solver
+        average = max(p.average_loss, 1)
+        losses = []
+        timer, timer_iter = time.time(), solver.iter
+        bar = tqdm(total=p.max_iter, initial=solver.iter, unit="iter",
+                   desc="train", file=sys.stderr,
+                   disable=None if progress else True, leave=False)
+        try:
+            while solver.iter < p.max_iter and not self.stop:
+                it = solver.iter
+                if p.test_interval and it % p.test_interval == 0 and \
+                        (it > 0 or p.test_initialization):
+                    self.test_all()
+                    if self.stop:
+                        break
+                lr = getattr(solver, "lr", None)
+                solver.step(1)
+                loss = self.net_loss()
+                if not math.isfinite(loss):
+                    self.diverged(it, loss)
+                losses = (losses + [loss])[-average:]
+                smoothed = sum(losses) / len(losses)
+                bar.set_postfix(loss=f"{smoothed:.4g}", refresh=False)
+                bar.update(1)
+                if p.display and it % p.display == 0:
+                    lapse = time.time() - timer
+                    rate = (it - timer_iter) / (lapse or 1)
+                    self.log.info("solver.cpp:239", f"Iteration {it} "
+                                  f"({rate:.4g} iter/s, {lapse:.4g}s/"
+                                  f"{p.display} iters), loss = "
+                                  f"{_value(smoothed)}")
+                    timer, timer_iter = time.time(), it
+                    net = solver.net
+                    self.log_outputs("Train", "solver.cpp:258", net, {
+                        name: net.blobs[name].data.ravel()
+                        for name in net.outputs})
+                    if lr is not None:
+                        self.log.info("sgd_solver.cpp:112",
+                                      f"Iteration {it}, lr = {_value(lr)}")
+                if p.snapshot and solver.iter % p.snapshot == 0:
+                    self.snapshot()
+        finally:
+            bar.close()
+        if self.stop:
+            return
+        if p.display and solver.iter % p.display == 0:
+            self.solver.net.forward()
+            self.log.info("solver.cpp:327", f"Iteration {solver.iter}, "
+                          f"loss = {_value(self.net_loss())}")
+        if p.test_interval and solver.iter % p.test_interval == 0:
+            self.test_all()
+        self.log.info("solver.cpp:332", "Optimization Done.")
+
+    def diverged(self, it, loss):
+        """A loss of inf or nan: the weights are lost. Caffe would go on
+        (and its max pooling writes out of bounds on nan inputs), so stop."""
+        message = (f"the loss is {loss} at iteration {it}: training "
+                   "diverged (lower base_lr?)")
+        self.log.line("E", "solver.cpp:239", message)
+        _KEEP.append(self.solver)  # not freed: its heap may be damaged
+        raise JcdlError(self.solver_path, message)
+
+    def log_outputs(self, kind, where, net, values):
+        """Caffe's '<kind> net output #i: name = v' lines, each loss with
+        its weight; returns the number of lines."""
+        weights = net.blob_loss_weights
+        index = 0
+        for name in net.outputs:
+            for v in values[name]:
+                w = weights.get(name, 0)
+                extra = f" (* {_value(w)} = {_value(w * v)} loss)" if w else ""
+                self.log.info(where, f"    {kind} net output #{index}: "
+                              f"{name} = {_value(v)}{extra}")
+                index += 1
+        return index
+
+
+def snapshot_names(prefix, it):
+    """Caffe's (caffemodel, solverstate) names of iteration ``it``."""
+    return (f"{prefix}_iter_{it}.caffemodel",
+            f"{prefix}_iter_{it}.solverstate")
+
+
+def snapshot_prefix(solver, solver_path):
+    """The snapshot prefix as Caffe completes it: the solver file without
+    its extension when unset; DIR/<solver stem> when it is a folder."""
+    if not solver.HasField("snapshot_prefix"):
+        return os.path.splitext(str(solver_path))[0]
+    if os.path.isdir(solver.snapshot_prefix):
+        return os.path.join(solver.snapshot_prefix,
+                            Path(solver_path).stem)
+    return solver.snapshot_prefix
+
+
+def train(solver_path, weights=None, gpu=None, resume=None, log=None,
+          progress=True):
+    """Trains as ``caffe train`` would; returns the path of the last
+    caffemodel written (None when nothing was snapshotted)."""
+    pb = _pb()
+    solver_path = str(solver_path)
+    param = read_solver(solver_path)
+    if weights and resume:
+        raise JcdlError(resume, "give a solverstate to resume or weights to "
+                        "fine-tune from, not both")
+    if param.snapshot_format != pb.SolverParameter.BINARYPROTO:
+        raise JcdlError(solver_path, "snapshot_format HDF5 is not supported "
+                        "by jcdl train (use BINARYPROTO, the default)")
+    train_net, test_nets = solver_nets(param, solver_path)
+    check_net(train_net[0], train_net[1], pb.TRAIN)
+    tests = [check_net(net, where, pb.TEST) for net, where in test_nets]
+    weight_files = [w for w in (weights or "").split(",") if w]
+    models = []
+    for w in weight_files:
+        if w.endswith(".h5"):  # HDF5 weights: Caffe checks them itself
+            if not Path(w).is_file():
+                raise JcdlError(w, "no such weights file")
+            models.append((w, None))
+        else:
+            models.append((w, read_caffemodel(w)))
+    state = learned = None
+    if resume:
+        state, learned = read_solverstate(resume)
+        learned_model = read_caffemodel(learned, "caffemodel of the "
+                                        "solverstate")
+
+    caffe = import_caffe()
+    logger = Log(log, append=bool(resume))
+    try:
+        device = select_device(caffe, param, solver_path, gpu, logger)
+        prefix = snapshot_prefix(param, solver_path)
+        folder = Path(os.path.dirname(prefix + "_iter_0") or ".")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            temporary = tempfile.TemporaryDirectory(prefix=".jcdl-train-",
+                                                    dir=folder)
+        except OSError as e:
+            raise JcdlError(folder, "cannot write snapshots here "
+                            f"({e.strerror})") from None
+        with temporary as tmp:
+            tmp_prefix = os.path.join(tmp, "snapshot")
+            copy = pb.SolverParameter()
+            copy.CopyFrom(param)
+            # Caffe's own testing, display and snapshots off: done here
+            copy.snapshot, copy.display = 0, 0
+            copy.test_interval, copy.test_initialization = 2 ** 31 - 1, False
+            copy.snapshot_prefix = tmp_prefix
+            copy_path = os.path.join(tmp, "solver.prototxt")
+            Path(copy_path).write_text(text_format.MessageToString(copy))
+            logger.info("caffe.cpp:218", f"Using {device}")
+            solver = caffe.get_solver(copy_path)
+            for w, model in models:
+                if model is not None:
+                    check_weights(w, model, solver.net)
+                logger.info("caffe.cpp:248", f"Finetuning from {w}")
+                solver.net.copy_from(w)
+            if state is not None:
+                check_weights(learned, learned_model, solver.net)
+                check_history(resume, state, solver.net)
+                logger.info("solver.cpp:296", "Restoring previous solver "
+                            f"status from {resume}")
+                if Path(state.learned_net) != learned:
+                    # its caffemodel lies beside it, not where it says
+                    fixed = os.path.join(tmp, "resume.solverstate")
+                    shutil.copyfile(resume, fixed)
+                    set_learned_net(fixed, learned.resolve())
+                    resume_from = fixed
+                else:
+                    resume_from = resume
+                solver.restore(str(resume_from))
+            trainer = _Trainer(solver, param, solver_path, prefix,
+                               tmp_prefix, tests, logger)
+            if state is not None:
+                trainer.last_snapshot = (solver.iter, str(learned), resume)
+            logger.info("solver.cpp:289", f"Solving {train_net[0].name}")
+            logger.info("solver.cpp:290",
+                        f"Learning Rate Policy: {param.lr_policy}")
+            return _train_loop(trainer, param, solver_path, gpu, log,
+                               progress)
+    finally:
+        logger.close()
+
+
+def _train_loop(trainer, param, solver_path, gpu, log, progress):
+    solver = trainer.solver
+    previous = None
+    main = threading.current_thread() is threading.main_thread()
+
+    def on_sigint(signum, frame):
+        if trainer.stop:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        trainer.stop = True
+
+    if main:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        trainer.run(progress)
+        last = trainer.last_snapshot
+        if (trainer.stop or param.snapshot_after_train) and \
+                (last is None or last[0] != solver.iter):
+            trainer.snapshot()
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+    if trainer.last_snapshot is None:
+        return None
+    _, model, state = trainer.last_snapshot
+    if trainer.stop:
+        command = ["jcdl", "train", "--solver", solver_path,
+                   "--resume", str(state)]
+        if gpu is not None:
+            command += ["--gpu", str(gpu)]
+        if log:
+            command += ["--log", str(log)]
+        trainer.log.info("solver.cpp:311", "Optimization stopped early.")
+        print(f"jcdl train: interrupted at iteration {solver.iter}; resume "
+              f"with:\n  {' '.join(shlex.quote(c) for c in command)}",
+              file=sys.stderr)
+    return model
+
+
+def _run(args):
+    model = train(args.solver, weights=args.weights, gpu=args.gpu,
+                  resume=args.resume, log=args.log)
+    if model:
+        print(model)
+
+
+def register(sub):
+    p = sub.add_parser(
+        "train", help="train with a Caffe solver (like caffe train)",
+        description="Trains the net of a Caffe solver with pycaffe, like "
+        "'caffe train': Caffe-format log lines (with the six label-"
+        "distribution measures at each test), snapshots under Caffe's names, "
+        "Ctrl-C snapshots and prints the resume command. Paths in the "
+        "solver and nets are relative to the working directory, as in "
+        "caffe.")
+    p.add_argument("--solver", required=True, metavar="S",
+                   help="solver prototxt")
+    p.add_argument("--weights", metavar="W",
+                   help="caffemodel(s) to fine-tune from, comma-separated "
+                   "(e.g. models/VGG_ILSVRC_16_layers.caffemodel)")
+    p.add_argument("--gpu", type=int, metavar="N",
+                   help="train on GPU N (needs the GPU build); default: the "
+                   "solver's solver_mode")
+    p.add_argument("--resume", metavar="STATE",
+                   help="continue from a .solverstate snapshot")
+    p.add_argument("--log", metavar="FILE",
+                   help="also write the log lines to FILE (appended when "
+                   "resuming)")
+    p.set_defaults(func=_run)

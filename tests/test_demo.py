@@ -1,0 +1,65 @@
+"""jcdl demo end to end on a small budget: the real pipeline, three
+variants, the report."""
+import json
+
+import cv2
+import pytest
+
+from conftest import assert_clean_error, jcdl
+from jcdl import demo, metrics
+from jcdl.common import read_distribution_file
+
+KEYS = set(metrics.MEASURES) | {"accuracy", "n"}
+
+
+def test_demo_small_budget(tmp_path):
+    out = tmp_path / "demo"
+    proc = jcdl("demo", "--out", out, "--iterations", 120, "--images", 240)
+    assert proc.stdout.strip() == str(out / "report.md")
+    results = json.loads((out / "metrics.json").read_text())
+    assert set(results) == {"jcdl", "kl_only", "softmax_only"}
+    for variant, r in results.items():
+        assert KEYS <= set(r), variant
+        assert r["n"] == 48
+        # evaluate's predictions file scores to the same numbers
+        again = json.loads(jcdl("score", out / "lists" / "test.txt",
+                                out / variant / "eval" / "predictions.txt").stdout)
+        assert again["kl"] == pytest.approx(r["kl"], abs=1e-6)
+    # every variant learned something: the distribution losses beat the
+    # uniform distribution, and all beat chance on the dominant emotion
+    P = read_distribution_file(out / "lists" / "test.txt")[1]
+    uniform = metrics.summary(P, P * 0 + 1 / P.shape[1])
+    for variant in ("jcdl", "kl_only"):
+        assert results[variant]["kl"] < uniform["kl"], variant
+    for r in results.values():
+        assert r["accuracy"] > 2 / P.shape[1]
+    report = (out / "report.md").read_text()
+    assert "synthetic" in report
+    for variant in results:
+        assert f"| {variant} |" in report
+    for png in ["training_curves.png", "jcdl/eval/distributions.png",
+                "softmax_only/eval/confusion.png"]:
+        img = cv2.imread(str(out / png))
+        assert img is not None and img.shape[0] > 100, png
+    # a second run replaces the earlier demo's folder
+    jcdl("demo", "--out", out, "--iterations", 20, "--images", 80)
+    assert json.loads((out / "metrics.json").read_text())["jcdl"]["n"] == 16
+
+
+def test_demo_refuses_a_foreign_folder(tmp_path):
+    (tmp_path / "mine.txt").write_text("keep me")
+    proc = jcdl("demo", "--out", tmp_path, check=False)
+    assert_clean_error(proc, str(tmp_path), "not an earlier demo")
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_votes_follow_the_scene_distributions(tmp_path):
+    truth = demo.make_dataset(tmp_path, n=400, annotators=11, seed=3)
+    lines = (tmp_path / "votes.txt").read_text().splitlines()
+    assert len(lines) == 400
+    import numpy as np
+    votes = np.array([[int(v) for v in l.split()[1:]] for l in lines])
+    assert (votes.sum(axis=1) == 11).all()
+    for scene in range(len(truth)):
+        observed = votes[scene::len(truth)].sum(axis=0) / (11 * 50)
+        assert np.abs(observed - truth[scene]).max() < 0.08

@@ -1,0 +1,308 @@
+"""jcdl convert / jcdl mean against the C++ tools on real images and LMDBs."""
+import os
+
+import cv2
+import lmdb
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import assert_clean_error, jcdl, run, write_image
+from jcdl import lmdbio
+from jcdl.common import JcdlError
+
+QUIET = {"GLOG_minloglevel": "2"}
+
+
+def records(db):
+    env = lmdb.open(str(db), readonly=True, lock=False)
+    with env.begin() as txn:
+        out = list(txn.cursor())
+    env.close()
+    return out
+
+
+@pytest.fixture
+def images(tmp_path):
+    """ROOT/ with PNG and JPEG images of different sizes and a list of
+    unnormalised rows (K = 3)."""
+    root = tmp_path / "root"
+    lines, pixels = [], {}
+    for i in range(6):
+        name = f"img/a{i}.png" if i % 2 == 0 else f"img/sub/b{i}.jpg"
+        pixels[name] = write_image(root / name, 20 + 3 * i, 14 + i, seed=i)
+        lines.append(f"{name} {i} 1 0.5\n")
+    (tmp_path / "list.txt").write_text("".join(lines))
+    return root, tmp_path / "list.txt", pixels
+
+
+FLAGS = {
+    "raw": [],
+    "resized": ["--resize_height=17", "--resize_width=23"],
+    "encoded": ["--encoded"],
+    "reencoded": ["--encode_type=png", "--resize_height=9",
+                  "--resize_width=11"],
+    "gray": ["--gray", "--check_size", "--resize_height=8",
+             "--resize_width=8"],
+}
+
+
+@pytest.mark.parametrize("flags", FLAGS.values(), ids=FLAGS.keys())
+def test_same_records_as_the_cpp_tool(images, tmp_path, flags):
+    root, lst, _ = images
+    run("convert_imageset_r", *flags, f"{root}/", lst, tmp_path / "c",
+        env=QUIET)
+    proc = jcdl("convert", *flags, root, lst, tmp_path / "p")
+    assert "convert" in proc.stderr and "6/6" in proc.stderr   # progress bar
+    cpp, py = records(tmp_path / "c"), records(tmp_path / "p")
+    assert len(cpp) == 6
+    assert [k for k, _ in py] == [k for k, _ in cpp]
+    for (key, a), (_, b) in zip(cpp, py):
+        assert a == b, key
+
+
+def test_records_hold_the_image_and_the_distribution(images, tmp_path):
+    root, lst, pixels = images
+    db = tmp_path / "new" / "db"                  # its folder is made too
+    assert lmdbio.convert(root, lst, db, progress=False) == 6
+    lmdbio.convert(root, lst, tmp_path / "enc", encoded=True, progress=False)
+    raw = list(lmdbio.iter_datums(db))
+    enc = list(lmdbio.iter_datums(tmp_path / "enc"))
+    names = list(pixels)
+    for i, ((key, d), (_, e)) in enumerate(zip(raw, enc)):
+        assert key == f"{i:08d}_{names[i]}"
+        h, w, _ = pixels[names[i]].shape
+        assert (d.channels, d.height, d.width, d.label) == (3, h, w, 0)
+        img = cv2.imread(str(root / names[i]))
+        assert np.array_equal(lmdbio.datum_image(d), img)
+        assert np.array_equal(lmdbio.datum_image(e), img)
+        assert e.encoded and not d.encoded
+        row = np.array([i, 1, 0.5]) / (i + 1.5)
+        assert np.array_equal(np.array(d.float_data, np.float32),
+                              row.astype(np.float32))
+    assert e.data == (root / names[-1]).read_bytes()   # the file's own bytes
+    info = lmdbio.db_info(db)
+    assert info == {"n": 6, "k": 3, "channels": 3, "height": 14,
+                    "width": 20, "encoded": False}
+    assert lmdbio.db_info(tmp_path / "enc")["encoded"] is True
+
+
+def test_shuffle_is_reproducible_by_seed(images, tmp_path):
+    root, lst, _ = images
+    jcdl("convert", "--shuffle", "--seed", 1, root, lst, tmp_path / "a")
+    for name, seed in (("b", 1), ("c", 2)):
+        lmdbio.convert(root, lst, tmp_path / name, shuffle=True, seed=seed,
+                       progress=False)
+    lmdbio.convert(root, lst, tmp_path / "plain", progress=False)
+    a, b, c, plain = (records(tmp_path / n) for n in ("a", "b", "c", "plain"))
+    assert a == b and a != c
+    paths = [k[9:] for k, _ in plain]
+    assert [k[9:] for k, _ in a] != paths
+    assert sorted(k[9:] for k, _ in a) == sorted(paths)
+    assert sorted(v for _, v in a) == sorted(v for _, v in plain)
+
+
+def test_map_grows_past_its_first_size(tmp_path):
+    values = [os.urandom(1 << 16) for _ in range(60)]
+    lmdbio._write_db(tmp_path / "db", ((b"%03d" % i, v)
+                                       for i, v in enumerate(values)), 1 << 20)
+    assert [v for _, v in records(tmp_path / "db")] == values
+
+
+# ------------------------------------------------------------------ errors
+
+def bad_inputs(tmp, root):
+    """name -> (list text or None for a missing list, fragments of the
+    message after 'TOOL: ')."""
+    write_image(root / "good.png", seed=1)
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    good = "good.png 1 2 3\n"
+    return {
+        "missing list": (None, "list.txt: cannot open the list file"),
+        "empty list": ("\n  \n", "list.txt: the list is empty"),
+        "missing image": (good + "gone.png 1 1 1\n",
+                          "list.txt:2: image not found: "),
+        "undecodable image": (good + good + "broken.png 1 1 1\n",
+                              "list.txt:3: cannot decode image "),
+        "abc": (good + "good.png 1 abc 1\n",
+                "list.txt:2: 'abc' is not a finite number"),
+        "nan": (good + "good.png nan 1 1\n",
+                "list.txt:2: 'nan' is not a finite number"),
+        "inf": ("good.png 1 1 inf\n", "list.txt:1: 'inf' is not a finite "
+                "number"),
+        "count": (good + "good.png 1 1\n",
+                  "list.txt:2: 2 values, but the first line has 3"),
+        "negative": (good + "good.png 1 -1 1\n",
+                     "list.txt:2: negative value -1"),
+        "all zero": (good + "\ngood.png 0 0 0.0\n",
+                     "list.txt:3: all values are zero"),
+        "no values": ("good.png\n", "list.txt:1: no distribution after the "
+                      "path"),
+    }
+
+
+CASES = [
+    "missing list", "empty list", "missing image", "undecodable image",
+    "abc", "nan", "inf", "count", "negative", "all zero", "no values"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_lists_one_line_and_nothing_written(tmp_path, case):
+    root = tmp_path / "root"
+    text, message = bad_inputs(tmp_path, root)[case]
+    lst = tmp_path / "list.txt"
+    if text is not None:
+        lst.write_text(text)
+    before = sorted(os.listdir(tmp_path))
+    cpp = run("convert_imageset_r", f"{root}/", lst, tmp_path / "c",
+              check=False)
+    assert cpp.returncode == 1
+    last = cpp.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"convert_imageset_r: {lst.parent}/" + message), \
+        cpp.stderr
+    assert "Check failed" not in cpp.stderr and "stack trace" not in cpp.stderr
+    if case != "undecodable image":      # found while converting, after INFO
+        assert len(cpp.stderr.strip().splitlines()) == 1, cpp.stderr
+    py = jcdl("convert", f"{root}/", lst, tmp_path / "p", check=False)
+    assert_clean_error(py, message)
+    assert py.stderr.strip().splitlines()[-1] == \
+        last.replace("convert_imageset_r:", "jcdl convert:", 1)
+    assert sorted(os.listdir(tmp_path)) == before     # no DB, no partial
+
+
+TOKENS = ["1e400", "1e-400", "4e-320", "0X1P3", "0x1p-1080", "1_0", "+.5",
+          "5.", ".", "-0", "1e", "0x", "1,5", "Infinity", "\u0661"]
+
+
+def test_number_syntax_as_the_cpp_tool(tmp_path):
+    """strtod's syntax, not Python's: each token accepted or refused with the
+    same message by both."""
+    root = tmp_path / "root"
+    write_image(root / "x.png")
+    for i, tok in enumerate(TOKENS):
+        lst = tmp_path / f"l{i}.txt"
+        lst.write_text(f"x.png {tok} 1\n")
+        cpp = run("convert_imageset_r", f"{root}/", lst, tmp_path / f"c{i}",
+                  check=False, env=QUIET)
+        try:
+            lmdbio.read_list(lst, f"{root}/")
+            py = ""
+        except JcdlError as e:
+            py = f"convert_imageset_r: {e}"
+        assert cpp.stderr.strip() == py, tok
+
+
+def test_existing_db_is_refused_and_kept(images, tmp_path):
+    root, lst, _ = images
+    lmdbio.convert(root, lst, tmp_path / "db", progress=False)
+    kept = records(tmp_path / "db")
+    for tool, args in (("jcdl", ["convert"]), ("convert_imageset_r", [])):
+        proc = run(tool, *args, f"{root}/", lst, tmp_path / "db", check=False)
+        assert_clean_error(proc, "db: already exists")
+    assert records(tmp_path / "db") == kept
+
+
+def test_leveldb_and_unknown_backends(images, tmp_path):
+    root, lst, _ = images
+    proc = jcdl("convert", "--backend", "leveldb", root, lst,
+                tmp_path / "db", check=False)
+    assert_clean_error(proc, "db:", "lmdb only", "convert_imageset_r")
+    proc = jcdl("convert", "--backend", "hdf5", root, lst, tmp_path / "db",
+                check=False)
+    assert_clean_error(proc, "unknown --backend hdf5")
+    assert not (tmp_path / "db").exists()
+
+
+def test_check_size(images, tmp_path):
+    root, lst, _ = images
+    proc = jcdl("convert", "--check_size", root, lst, tmp_path / "db",
+                check=False)
+    assert_clean_error(proc, "list.txt:2: image img/sub/b1.jpg differs in size")
+    assert not (tmp_path / "db").exists()
+
+
+# ------------------------------------------------------------------ mean
+
+def read_blob(path):
+    blob = lmdbio.proto().BlobProto()
+    blob.ParseFromString(path.read_bytes())
+    return blob
+
+
+def test_mean_equals_compute_image_mean(tmp_path):
+    root = tmp_path / "root"
+    lines = []
+    for i in range(5):
+        write_image(root / f"{i}.png", 12, 10, seed=i, color=(0, 40 * i, 250))
+        lines.append(f"{i}.png 1 {i}\n")
+    (tmp_path / "l.txt").write_text("".join(lines))
+    lmdbio.convert(root, tmp_path / "l.txt", tmp_path / "db", progress=False)
+    lmdbio.convert(root, tmp_path / "l.txt", tmp_path / "enc", encoded=True,
+                   progress=False)
+    run("compute_image_mean", tmp_path / "db", tmp_path / "ref.binaryproto",
+        env=QUIET)
+    jcdl("mean", tmp_path / "db", tmp_path / "mean.binaryproto")
+    lmdbio.compute_mean(tmp_path / "enc", tmp_path / "enc.npy",
+                        progress=False)
+    ref, ours = read_blob(tmp_path / "ref.binaryproto"), \
+        read_blob(tmp_path / "mean.binaryproto")
+    assert (ours.num, ours.channels, ours.height, ours.width) == \
+        (ref.num, ref.channels, ref.height, ref.width) == (1, 3, 10, 12)
+    assert np.allclose(ours.data, ref.data, atol=1e-4)
+    direct = np.mean([cv2.imread(str(root / f"{i}.png")) for i in range(5)],
+                     axis=0).transpose(2, 0, 1)
+    for npy in ("mean.npy", "enc.npy"):
+        m = np.load(tmp_path / npy)
+        assert m.dtype == np.float32 and m.shape == (3, 10, 12)
+        assert np.allclose(m, direct, atol=1e-4)
+    assert np.allclose(read_blob(tmp_path / "enc.binaryproto").data, ref.data,
+                       atol=1e-4)
+
+
+def test_not_an_lmdb(tmp_path):
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_bytes(b"x" * 5000)
+    for bad in ("dir", "file", "nothing"):
+        with pytest.raises(JcdlError) as e:
+            lmdbio.db_info(tmp_path / bad)
+        assert e.value.path == str(tmp_path / bad)
+    proc = jcdl("mean", tmp_path / "file", tmp_path / "m.binaryproto",
+                check=False)
+    assert_clean_error(proc, "file: not an LMDB")
+    assert sorted(os.listdir(tmp_path)) == ["dir", "file"]
+
+
+def test_mean_of_mixed_sizes_is_refused(images, tmp_path):
+    root, lst, _ = images
+    lmdbio.convert(root, lst, tmp_path / "db", progress=False)
+    proc = jcdl("mean", tmp_path / "db", tmp_path / "m.binaryproto",
+                check=False)
+    assert_clean_error(proc, "db: record 00000001_img/sub/b1.jpg is",
+                       "a mean needs one size")
+    assert not (tmp_path / "m.binaryproto").exists()
+
+
+# ------------------------------------------------------------------ parser
+
+TOKEN = st.sampled_from(["0", "1", "2.5", "-1", "nan", "inf", "abc", "1e3",
+                         "0.0", "1e-400", "1e400", "x.png", "\t", "", " "])
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.lists(TOKEN, max_size=5), max_size=5),
+       st.binary(max_size=12))
+def test_read_list_parses_or_says_why(tmp_path, rows, noise):
+    lst = tmp_path / "l.txt"
+    lst.write_bytes(b"\n".join(" ".join(r).encode() for r in rows) + noise)
+    try:
+        entries = lmdbio.read_list(lst)
+    except JcdlError as e:
+        assert e.path == str(lst)
+        return
+    K = len(entries[0].dist)
+    for e in entries:
+        assert len(e.dist) == K and e.line >= 1
+        assert np.all(np.isfinite(e.dist)) and np.all(e.dist >= 0)
+        assert abs(e.dist.sum() - 1) < 1e-9

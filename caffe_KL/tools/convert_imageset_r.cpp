@@ -214,11 +214,11 @@ void convert(const std::vector<Entry>& entries, const string& list,
     if ((i + 1) % 1000 == 0) {
       txn->Commit();
       txn.reset(db->NewTransaction());
-      LOG(INFO) << "Processed " << i + 1 << " files.";
+      std::cerr << "convert_imageset_r: processed " << i + 1 << " of "
+                << entries.size() << " images" << std::endl;
     }
   }
   txn->Commit();
-  LOG(INFO) << "Processed " << entries.size() << " files.";
   db->Close();
 }
 #endif  // USE_OPENCV
@@ -228,8 +228,10 @@ void convert(const std::vector<Entry>& entries, const string& list,
 int main(int argc, char** argv) {
 #ifdef USE_OPENCV
   ::google::InitGoogleLogging(argv[0]);
-  // Print output to stderr (while still logging)
+  // Progress and errors are our own lines on stderr; glog's INFO lines (the
+  // DB's "Opened lmdb ...") only with --minloglevel=0.
   FLAGS_alsologtostderr = 1;
+  FLAGS_minloglevel = 1;
 
 #ifndef GFLAGS_GFLAGS_H_
   namespace gflags = google;
@@ -265,14 +267,14 @@ int main(int argc, char** argv) {
     }
     std::vector<Entry> entries = read_list(list, root);
     if (FLAGS_shuffle) {
-      LOG(INFO) << "Shuffling data";
       shuffle(entries.begin(), entries.end());
     }
-    LOG(INFO) << "A total of " << entries.size() << " images, "
-              << entries[0].dist.size() << " emotions.";
     boost::filesystem::remove_all(tmp_path);
     convert(entries, list, root, tmp_path);
     boost::filesystem::rename(tmp_path, db_path);
+    std::cerr << "convert_imageset_r: wrote " << entries.size()
+              << " images with " << entries[0].dist.size()
+              << "-value distributions to " << db_path << std::endl;
   } catch (const InputError& e) {
     boost::filesystem::remove_all(tmp_path);
     std::cerr << "convert_imageset_r: " << e.message << std::endl;

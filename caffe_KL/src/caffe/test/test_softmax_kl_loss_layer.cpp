@@ -154,6 +154,15 @@ class SoftmaxKLLossTestBase : public MultiDeviceTest<TypeParam> {
     std::copy(p, p + 6, blob_bottom_label_->mutable_cpu_data());
   }
 
+  // Logits of +-80, +-1000 and 0 mixed within each sample.
+  void SetExtremeLogits() {
+    Dtype* z = blob_bottom_data_->mutable_cpu_data();
+    const Dtype extremes[] = {80, -80, 1000, -1000, 0, 79.5};
+    for (int i = 0; i < blob_bottom_data_->count(); ++i) {
+      z[i] = extremes[(i * 7 + i / 5) % 6];
+    }
+  }
+
   const std::string type_;
   Blob<Dtype>* const blob_bottom_data_;
   Blob<Dtype>* const blob_bottom_label_;
@@ -228,12 +237,7 @@ TYPED_TEST(SoftmaxWithKLLossLayerTest, TestMatchesReference) {
 }
 
 TYPED_TEST(SoftmaxWithKLLossLayerTest, TestExtremeLogits) {
-  typedef typename TypeParam::Dtype Dtype;
-  Dtype* z = this->blob_bottom_data_->mutable_cpu_data();
-  const Dtype extremes[] = {80, -80, 1000, -1000, 0, 79.5};
-  for (int i = 0; i < this->blob_bottom_data_->count(); ++i) {
-    z[i] = extremes[(i * 7 + i / 5) % 6];
-  }
+  this->SetExtremeLogits();
   this->CheckAgainstReference(LayerParameter(), 10 * 2 * 3, 1, 1e-4);
 }
 
@@ -415,12 +419,7 @@ TYPED_TEST(SoftmaxWithDominantLossLayerTest, TestMatchesReference) {
 }
 
 TYPED_TEST(SoftmaxWithDominantLossLayerTest, TestExtremeLogits) {
-  typedef typename TypeParam::Dtype Dtype;
-  Dtype* z = this->blob_bottom_data_->mutable_cpu_data();
-  const Dtype extremes[] = {80, -80, 1000, -1000, 0, 79.5};
-  for (int i = 0; i < this->blob_bottom_data_->count(); ++i) {
-    z[i] = extremes[(i * 7 + i / 5) % 6];
-  }
+  this->SetExtremeLogits();
   this->CheckAgainstReference(LayerParameter(), 60, 1, 1e-4);
 }
 

@@ -42,24 +42,38 @@ fetch() {
   mv "$tarball.part" "$tarball"
 }
 
-# 1. pristine source + patches, redone whenever the patches or the origin change
+# 1. pristine source + patches, redone whenever the patches or the origin
+#    change; only the files whose patched text changed are replaced, so a new
+#    patch recompiles what it touches, not the whole tree
+copy_changed() {  # copy_changed FROM TO: the files of FROM that differ in TO
+  (cd "$1" && find . -type f) | while read -r f; do
+    cmp -s "$1/$f" "$2/$f" || { mkdir -p "$(dirname "$2/$f")"; cp "$1/$f" "$2/$f"; }
+  done
+}
 origin=${CAFFE_SRC:-$sha256}
 stamp=$( (echo "$origin"; cat "$here"/patches/*.patch) | sha256sum | cut -c1-16)
 if [ "$(cat "$out/.src-stamp" 2>/dev/null)" != "$stamp" ]; then
-  rm -rf "$src" "$out/.src-stamp" "$out/.overlay-stamp"
-  mkdir -p "$src"
+  if [ "$(cat "$out/.origin" 2>/dev/null)" != "$origin" ]; then
+    rm -rf "$src" "$out/.overlay-stamp"
+  fi
+  fresh=$out/src.new
+  rm -rf "$fresh" "$out/.src-stamp"
+  mkdir -p "$fresh" "$src"
   if [ -n "${CAFFE_SRC:-}" ]; then
     [ -f "$CAFFE_SRC/CMakeLists.txt" ] || { log "CAFFE_SRC=$CAFFE_SRC is not a Caffe source tree"; exit 1; }
     log "copying $CAFFE_SRC"
-    (cd "$CAFFE_SRC" && tar cf - --exclude=.git --exclude=build .) | tar xf - -C "$src"
+    (cd "$CAFFE_SRC" && tar cf - --exclude=.git --exclude=build .) | tar xf - -C "$fresh"
   else
     fetch
-    tar xzf "$tarball" -C "$src"
+    tar xzf "$tarball" -C "$fresh"
   fi
   for p in "$here"/patches/*.patch; do
     log "patch $(basename "$p")"
-    patch -s -p1 -d "$src" < "$p"
+    patch -s -p1 -d "$fresh" < "$p"
   done
+  copy_changed "$fresh" "$src"
+  rm -rf "$fresh"
+  echo "$origin" > "$out/.origin"
   echo "$stamp" > "$out/.src-stamp"
 fi
 

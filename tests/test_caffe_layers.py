@@ -2,7 +2,6 @@
 with the JCDL layers): values and gradients equal ORIGINAL.md's math, and a
 legacy prototxt trains unchanged for K = 7 and K = 8."""
 import re
-import textwrap
 
 import numpy as np
 import pytest

@@ -71,38 +71,59 @@ def parse_values(tokens, path, line, *, integer=False):
 
 
 def to_distribution(values, path, line):
-    """Row normalised to sum 1; an all-zero row is an error."""
+    """Row normalised to sum 1; an all-zero row, or one whose sum overflows,
+    is an error."""
     total = float(sum(values))
+    if not math.isfinite(total):
+        raise JcdlError(path, "values too large", line)
     if not total > 0:
         raise JcdlError(path, "all values are zero", line)
     return [v / total for v in values]
 
 
-def read_distribution_file(path, *, what="distribution file"):
-    """Reads ``name p_1 ... p_K`` lines (any whitespace; blank lines skipped).
-    Returns (names, P) with P float64 (n, K), rows normalised to sum 1."""
+def read_lines(path):
+    """(line number, tokens, ends with a newline) of each non-blank line of a
+    text file (any whitespace separates)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError as e:
+        raise JcdlError(path, f"cannot read ({e.strerror})") from None
+    pieces = text.split("\n")
+    return [(i + 1, piece.split(), i < len(pieces) - 1)
+            for i, piece in enumerate(pieces) if piece.split()]
+
+
+def read_distribution_rows(path, *, what="distribution file"):
+    """Reads ``name p_1 ... p_K`` lines (blank lines skipped). Returns
+    (names, P, line numbers), P float64 (n, K) with rows normalised to 1."""
     path = Path(path)
     if not path.is_file():
         raise JcdlError(path, f"no such {what}")
-    names, rows, K = [], [], None
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line_no, text in enumerate(f, 1):
-            tokens = text.split()
-            if not tokens:
-                continue
-            if len(tokens) < 2:
-                raise JcdlError(path, "expected 'name p_1 ... p_K'", line_no)
-            values = parse_values(tokens[1:], path, line_no)
-            if K is None:
-                K = len(values)
-            elif len(values) != K:
-                raise JcdlError(path, f"{len(values)} values, but the first "
-                                f"line has {K}", line_no)
-            names.append(tokens[0])
-            rows.append(to_distribution(values, path, line_no))
+    names, rows, lines, K = [], [], [], None
+    for line_no, tokens, newline in read_lines(path):
+        if len(tokens) < 2:
+            raise JcdlError(path, "expected 'name p_1 ... p_K'", line_no)
+        values = parse_values(tokens[1:], path, line_no)
+        if K is None:
+            K = len(values)
+        elif len(values) < K and not newline:
+            raise JcdlError(path, f"truncated line: {len(values)} of {K} "
+                            "values; is the file cut short?", line_no)
+        elif len(values) != K:
+            raise JcdlError(path, f"{len(values)} values, but the first "
+                            f"line has {K}", line_no)
+        names.append(tokens[0])
+        rows.append(to_distribution(values, path, line_no))
+        lines.append(line_no)
     if not names:
         raise JcdlError(path, f"the {what} is empty")
-    return names, np.asarray(rows, dtype=np.float64)
+    return names, np.asarray(rows, dtype=np.float64), lines
+
+
+def read_distribution_file(path, *, what="distribution file"):
+    """(names, P) of a ``name p_1 ... p_K`` file; see read_distribution_rows."""
+    names, P, _ = read_distribution_rows(path, what=what)
+    return names, P
 
 
 def format_row(name, dist):

@@ -29,7 +29,6 @@ reads an LMDB in order, so an unshuffled list would feed one class at a
 time); test.txt keeps the ground truth's order. OUT is written as a whole,
 atomically.
 """
-import math
 import os
 import re
 from pathlib import Path
@@ -37,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .common import (JcdlError, atomic_output, format_row, parse_values,
-                     to_distribution)
+                     read_distribution_rows, read_lines, to_distribution)
 
 EMOTION6_CLASSES = ("anger", "disgust", "fear", "joy", "sadness", "surprise",
                     "neutral")
@@ -60,28 +59,6 @@ class GroundTruth:
         self.lines, self.classes, self.splits = list(lines), classes, splits
 
 
-def _distribution(values, path, line):
-    """The row normalised to sum 1 (all-zero and overflowing rows refused)."""
-    if not math.isfinite(sum(values)):
-        raise JcdlError(path, "values too large", line)
-    return to_distribution(values, path, line)
-
-
-def _read_lines(path):
-    """(line number, tokens, ends with a newline) of each non-blank line."""
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="surrogateescape")
-    except OSError as e:
-        raise JcdlError(path, f"cannot read ({e.strerror})") from None
-    rows = []
-    pieces = text.split("\n")
-    for i, piece in enumerate(pieces):
-        tokens = piece.split()
-        if tokens:
-            rows.append((i + 1, tokens, i < len(pieces) - 1))
-    return rows
-
-
 def _columns_error(path, line, n, want, what, has_newline):
     if n < want and not has_newline:
         raise JcdlError(path, f"truncated line: {n} of {want} columns ({what}); "
@@ -99,7 +76,7 @@ def _header_columns(tokens):
 
 def read_emotion6(path):
     """Emotion6's ground_truth.txt."""
-    rows = _read_lines(path)
+    rows = read_lines(path)
     if not rows:
         raise JcdlError(path, "the ground-truth file is empty")
     line, tokens, _ = rows[0]
@@ -122,7 +99,7 @@ def read_emotion6(path):
                 raise JcdlError(path, f"'{tok}' is not a finite number", line)
         values = parse_values(tokens[3:], path, line)
         names.append(tokens[0])
-        P.append(_distribution(values, path, line))
+        P.append(to_distribution(values, path, line))
         lines.append(line)
     if not names:
         raise JcdlError(path, "no images after the header")
@@ -132,7 +109,7 @@ def read_emotion6(path):
 def read_votes(path, classes=MIKELS_CLASSES):
     """A votes file: ``name v_1 ... v_K`` with integer votes, an optional
     header naming the classes."""
-    rows = _read_lines(path)
+    rows = read_lines(path)
     want = 1 + len(classes)
     names, P, lines = [], [], []
     for i, (line, tokens, newline) in enumerate(rows):
@@ -149,7 +126,7 @@ def read_votes(path, classes=MIKELS_CLASSES):
                            f"name and {len(classes)} votes", newline)
         values = parse_values(tokens[1:], path, line, integer=True)
         names.append(tokens[0])
-        P.append(_distribution(values, path, line))
+        P.append(to_distribution(values, path, line))
         lines.append(line)
     if not names:
         raise JcdlError(path, "the ground-truth file has no images")
@@ -158,27 +135,9 @@ def read_votes(path, classes=MIKELS_CLASSES):
 
 def read_list_file(path):
     """``path p_1 ... p_K`` lines (the ``list`` dataset)."""
-    rows = _read_lines(path)
-    names, P, lines, K = [], [], [], None
-    for line, tokens, newline in rows:
-        if len(tokens) < 2:
-            raise JcdlError(path, "expected 'path p_1 ... p_K'", line)
-        values = parse_values(tokens[1:], path, line)
-        if K is None:
-            K = len(values)
-        elif len(values) != K:
-            if len(values) < K and not newline:
-                raise JcdlError(path, f"truncated line: {len(values)} of {K} "
-                                "values; is the file cut short?", line)
-            raise JcdlError(path, f"{len(values)} values, but the first line "
-                            f"has {K}", line)
-        names.append(tokens[0])
-        P.append(_distribution(values, path, line))
-        lines.append(line)
-    if not names:
-        raise JcdlError(path, "the list is empty")
-    return GroundTruth(path, names, np.asarray(P), lines,
-                       tuple(f"class{k}" for k in range(K)))
+    names, P, lines = read_distribution_rows(path, what="list")
+    return GroundTruth(path, names, P, lines,
+                       tuple(f"class{k}" for k in range(P.shape[1])))
 
 
 # ---------------------------------------------------------------- .mat

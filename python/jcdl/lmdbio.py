@@ -272,9 +272,14 @@ def convert(root, list_path, db_path, resize_height=0, resize_width=0,
     bar = tqdm(total=len(entries), unit="img", desc="convert",
                file=sys.stderr, disable=not progress)
     Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-    with bar, atomic_output(db_path) as tmp:
-        _write_db(tmp, _counted(checked(results), bar),
-                  max(1 << 28, len(entries) << 17))
+    log_level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:                                 # a bad image is our one-line error
+        with bar, atomic_output(db_path) as tmp:
+            _write_db(tmp, _counted(checked(results), bar),
+                      max(1 << 28, len(entries) << 17))
+    finally:
+        cv2.utils.logging.setLogLevel(log_level)
     return len(entries)
 
 

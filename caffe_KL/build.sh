@@ -9,6 +9,9 @@
 #        USE_CUDNN=0|1     cuda flavour only (default 0, see README)
 #        JOBS=N            parallel compile jobs (default: all cores)
 #        PYTHON=path       python whose numpy headers pycaffe is built against
+#        BUILD_DIR=dir     build here instead of build/<flavour> (e.g. the GPU
+#                          pack's build/cuda-pack, see bench/gpu/README.md)
+#        CAFFE_CMAKE_ARGS  more CMake options ("-DUSE_OPENCV=OFF ...")
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -16,7 +19,11 @@ root=$(dirname "$here")
 flavour=${1:-cpu}; shift || true
 case $flavour in cpu|cuda) ;; *) echo "build.sh: flavour must be cpu or cuda, not '$flavour'" >&2; exit 2;; esac
 
-out=$root/build/$flavour
+case ${BUILD_DIR:-} in
+  "") out=$root/build/$flavour ;;
+  /*) out=$BUILD_DIR ;;
+  *) out=$root/$BUILD_DIR ;;
+esac
 src=$out/src
 bin=$out/build
 jobs=${JOBS:-$(nproc)}
@@ -85,29 +92,32 @@ for f in $overlay_list; do
   fi
 done
 
-# 3. configure when new, or when the set of overlaid files changed (CMake globs)
-cfg_stamp=$(echo "$overlay_list $flavour ${CUDA_ARCH:-90} ${USE_CUDNN:-0} $python" | sha256sum | cut -c1-16)
-if [ "$(cat "$out/.overlay-stamp" 2>/dev/null)" != "$cfg_stamp" ] || [ ! -f "$bin/Makefile" ]; then
-  common=(-DCMAKE_BUILD_TYPE=Release -DBLAS=Open -Dpython_version=3
-          -DPYTHON_EXECUTABLE="$python" -DBUILD_docs=OFF -DBUILD_matlab=OFF
-          -DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache)
-  if [ "$flavour" = cpu ]; then
-    extra=(-DCPU_ONLY=ON)
-  else
-    arch=${CUDA_ARCH:-90}
-    extra=(-DCPU_ONLY=OFF -DUSE_CUDNN=$([ "${USE_CUDNN:-0}" = 1 ] && echo ON || echo OFF)
-           -DUSE_NCCL=OFF -DCUDA_ARCH_NAME=Manual -DCUDA_ARCH_BIN="$arch" -DCUDA_ARCH_PTX="${arch##* }"
-           -DCUDA_TOOLKIT_ROOT_DIR="${CUDA_HOME:-/usr/local/cuda}")
-    # CUDA 12.8+ makes __global__ template stubs static: the test binary
-    # launches kernels defined in libcaffe (im2col), so keep them visible.
-    nvcc=${CUDA_HOME:-/usr/local/cuda}/bin/nvcc
-    if "$nvcc" --help 2>/dev/null | grep -q static-global-template-stub; then
-      extra+=(-DCUDA_NVCC_FLAGS=-static-global-template-stub=false)
-    fi
+# 3. configure when new, or when the CMake options or the set of overlaid
+#    files (CMake globs them) changed
+args=(-DCMAKE_BUILD_TYPE=Release -DBLAS=Open -Dpython_version=3
+      -DPYTHON_EXECUTABLE="$python" -DBUILD_docs=OFF -DBUILD_matlab=OFF
+      -DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache)
+if [ "$flavour" = cpu ]; then
+  args+=(-DCPU_ONLY=ON)
+else
+  arch=${CUDA_ARCH:-90}
+  args+=(-DCPU_ONLY=OFF -DUSE_CUDNN=$([ "${USE_CUDNN:-0}" = 1 ] && echo ON || echo OFF)
+         -DUSE_NCCL=OFF -DCUDA_ARCH_NAME=Manual -DCUDA_ARCH_BIN="$arch" -DCUDA_ARCH_PTX="${arch##* }"
+         -DCUDA_TOOLKIT_ROOT_DIR="${CUDA_HOME:-/usr/local/cuda}")
+  # CUDA 12.8+ makes __global__ template stubs static: the test binary
+  # launches kernels defined in libcaffe (im2col), so keep them visible.
+  nvcc=${CUDA_HOME:-/usr/local/cuda}/bin/nvcc
+  if "$nvcc" --help 2>/dev/null | grep -q static-global-template-stub; then
+    args+=(-DCUDA_NVCC_FLAGS=-static-global-template-stub=false)
   fi
+fi
+# shellcheck disable=SC2206  # word-split on purpose: several options
+args+=(${CAFFE_CMAKE_ARGS:-})
+cfg_stamp=$(echo "$overlay_list ${args[*]}" | sha256sum | cut -c1-16)
+if [ "$(cat "$out/.overlay-stamp" 2>/dev/null)" != "$cfg_stamp" ] || [ ! -f "$bin/Makefile" ]; then
   log "configuring $flavour build in $bin"
   mkdir -p "$bin"
-  (cd "$bin" && cmake "${common[@]}" "${extra[@]}" "$src" > "$out/cmake.log" 2>&1) \
+  (cd "$bin" && cmake "${args[@]}" "$src" > "$out/cmake.log" 2>&1) \
     || { tail -30 "$out/cmake.log" >&2; log "cmake failed, full log: $out/cmake.log"; exit 1; }
   echo "$cfg_stamp" > "$out/.overlay-stamp"
 fi

@@ -151,7 +151,7 @@ def test_small_net_trains_with_falling_loss(work, K):
     folder = Path(f"run{K}")
     jcdl("netgen", "--out", folder, "--arch", "small", "--classes", K,
          "--train-db", f"data/train{K}", "--test-db", f"data/test{K}",
-         "--batch", 8, "--test-batch", 10, "--base-lr", 0.001,
+         "--batch", 8, "--test-batch", 10, "--base-lr", 0.01,
          "--max-iter", 60, "--display", 10, "--test-interval", 20,
          "--snapshot", 30, "--seed", 1, cwd=work)
     proc = jcdl("train", "--solver", folder / "solver.prototxt", "--log",
@@ -178,7 +178,7 @@ def test_small_net_trains_with_falling_loss(work, K):
     its, loss = series["loss"]
     assert list(its) == [0, 10, 20, 30, 40, 50, 60]
     assert loss[-1] < 0.6 * loss[0], loss
-    assert list(series["lr"][1]) == [0.001] * 6
+    assert list(series["lr"][1]) == [0.01] * 6
     assert "train/loss_kl" in series and "train/loss_dominant" in series
     for name in ("kl", "chebyshev", "clark", "canberra", "cosine",
                  "intersection", "accuracy", "ldl_accuracy", "loss_kl"):

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 
 class JcdlError(Exception):
@@ -145,3 +146,79 @@ def import_caffe():
     os.environ.setdefault("GLOG_minloglevel", "2")
     import caffe  # noqa: PLC0415  (slow: imported only where needed)
     return caffe
+
+
+# ---------------------------------------------------------------- caffemodels
+
+def blob_shape(blob):
+    """(shape, legacy) of a BlobProto."""
+    if blob.HasField("shape"):
+        return tuple(blob.shape.dim), False
+    return (blob.num, blob.channels, blob.height, blob.width), True
+
+
+def blob_count(blob):
+    return len(blob.data) or len(blob.double_data)
+
+
+def shape_fits(shape, legacy, target):
+    if legacy:
+        return len(target) <= 4 and \
+            (1,) * (4 - len(target)) + tuple(target) == shape
+    return tuple(target) == shape
+
+
+def fmt_shape(shape):
+    return "(" + ", ".join(map(str, shape)) + ")"
+
+
+def read_caffemodel(path, what="weights file"):
+    """{layer name: [(shape, legacy, count), ...]} of a binary caffemodel
+    (new or V1 layer format)."""
+    path = Path(path)
+    if not path.is_file():
+        raise JcdlError(path, f"no such {what}")
+    net = import_caffe().proto.caffe_pb2.NetParameter()
+    try:
+        net.ParseFromString(path.read_bytes())
+    except DecodeError:
+        raise JcdlError(path, "cannot parse: damaged, or not a Caffe "
+                        f"weights file (.caffemodel; {what})") from None
+    out = {}
+    for layer in list(net.layer) + list(net.layers):
+        out[layer.name] = [(*blob_shape(b), blob_count(b))
+                           for b in layer.blobs]
+    if not out:
+        raise JcdlError(path, f"holds no layers: not a caffemodel ({what})")
+    return out
+
+
+def check_weights(path, model, net, require_all=None):
+    """Raises unless the blobs of every layer of ``model`` (from
+    read_caffemodel) named like a layer of the pycaffe ``net`` fit it, as
+    Caffe's CopyTrainedLayersFrom requires. With ``require_all`` (the net's
+    file, for the message), every layer of the net with parameters must get
+    them too: a net left partly random cannot be evaluated."""
+    targets = dict(zip(net._layer_names, net.layers))
+    missing = [name for name in net.params if name not in model]
+    if require_all and missing:
+        raise JcdlError(path, f"no weights for layer '{missing[0]}' of "
+                        f"{require_all}" + (f" (and {len(missing) - 1} more)"
+                                            if len(missing) > 1 else ""))
+    for name, blobs in model.items():
+        if name not in targets:
+            continue
+        want = [tuple(b.data.shape) for b in targets[name].blobs]
+        if len(want) != len(blobs):
+            raise JcdlError(path, f"layer '{name}' has {len(blobs)} blobs "
+                            f"in the weights but {len(want)} in the net")
+        for j, ((shape, legacy, count), target) in enumerate(
+                zip(blobs, want)):
+            if not shape_fits(shape, legacy, target):
+                raise JcdlError(path, f"layer '{name}' does not fit: blob "
+                                f"{j} has shape {fmt_shape(shape)} in the weights "
+                                f"but {fmt_shape(target)} in the net")
+            if count != math.prod(shape):
+                raise JcdlError(path, f"layer '{name}': blob {j} holds "
+                                f"{count} values for shape {fmt_shape(shape)} "
+                                f"(damaged file?)")

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import (JcdlError, atomic_output, import_caffe,
-                     read_distribution_file, write_distribution_file)
+from .common import (JcdlError, atomic_output, blob_shape, check_weights,
+                     import_caffe, read_caffemodel, read_distribution_file,
+                     write_distribution_file)
 from . import metrics
 
 N_EXAMPLES = 6  # images shown in distributions.png
@@ -86,64 +87,6 @@ def check_deploy(path):
                         "prototxt (made by 'jcdl netgen'), not train_val")
 
 
-def _blob_shape(blob):
-    """A BlobProto's shape, and whether it is in the legacy 4-field form."""
-    if blob.HasField("shape"):
-        return tuple(blob.shape.dim), False
-    return (blob.num, blob.channels, blob.height, blob.width), True
-
-
-def _shape_fits(blob, shape):
-    """Caffe's Blob::ShapeEquals: legacy 4-field shapes compare with the
-    target padded to 4 axes with leading 1s."""
-    src, legacy = _blob_shape(blob)
-    if legacy:
-        return len(shape) <= 4 and src == (1,) * (4 - len(shape)) + tuple(shape)
-    return src == tuple(shape)
-
-
-def check_weights(net, model, weights):
-    """Checks that a caffemodel fits the net as Caffe's CopyTrainedLayersFrom
-    needs (same blob counts and shapes per layer name), and that every layer
-    of the net with parameters gets them: a net left partly at its random
-    initialisation cannot be evaluated."""
-    caffe_pb2 = _caffe_pb2()
-    weights = Path(weights)
-    param = caffe_pb2.NetParameter()
-    try:
-        param.ParseFromString(weights.read_bytes())
-    except Exception:  # protobuf's DecodeError differs across versions
-        raise JcdlError(weights, "not a Caffe weights file (a binary "
-                        "NetParameter, .caffemodel)") from None
-    layers = list(param.layer) or list(param.layers)
-    loaded = set()
-    for layer in layers:
-        name = layer.name
-        if name not in net.layer_dict:
-            continue
-        target = net.layer_dict[name].blobs
-        if len(layer.blobs) != len(target):
-            raise JcdlError(weights, f"layer '{name}' has {len(layer.blobs)} "
-                            f"parameter blobs, but in {model} it has "
-                            f"{len(target)}")
-        for i, (src, dst) in enumerate(zip(layer.blobs, target)):
-            if not _shape_fits(src, dst.data.shape):
-                raise JcdlError(
-                    weights, f"layer '{name}' blob {i} has shape "
-                    f"{_blob_shape(src)[0]}, but {model} needs "
-                    f"{tuple(dst.data.shape)}")
-            size = int(np.prod(dst.data.shape))
-            if size not in (len(src.data), len(src.double_data)):
-                raise JcdlError(weights, f"layer '{name}' blob {i} holds "
-                                f"the wrong number of values")
-        loaded.add(name)
-    missing = [name for name in net.params if name not in loaded]
-    if missing:
-        raise JcdlError(weights, f"no weights for layer '{missing[0]}' of "
-                        f"{model}" + (f" (and {len(missing) - 1} more)"
-                                      if len(missing) > 1 else ""))
-
-
 def use_device(gpu):
     """CPU mode, or GPU ``gpu`` after checking in a child process that this
     Caffe can use it (Caffe aborts when it cannot)."""
@@ -174,7 +117,7 @@ def load_net(deploy, weights, gpu=None):
         raise JcdlError(weights, "no such weights file")
     use_device(gpu)
     net = caffe.Net(str(deploy), caffe.TEST)
-    check_weights(net, deploy, weights)
+    check_weights(weights, read_caffemodel(weights), net, require_all=deploy)
     net.copy_from(str(weights))
     return net
 
@@ -213,7 +156,7 @@ def read_mean(path):
             blob.ParseFromString(path.read_bytes())
         except Exception:
             raise JcdlError(path, "not a .binaryproto mean file") from None
-        shape, _ = _blob_shape(blob)
+        shape, _ = blob_shape(blob)
         values = blob.data if len(blob.data) else blob.double_data
         if not len(values) or int(np.prod(shape)) != len(values):
             raise JcdlError(path, "not a .binaryproto mean file")

@@ -40,7 +40,8 @@ import numpy as np
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
-from .common import JcdlError, import_caffe
+from .common import (JcdlError, blob_count, blob_shape, check_weights,
+                     fmt_shape, import_caffe, read_caffemodel, shape_fits)
 from .lmdbio import db_info
 from .metrics import summary
 
@@ -225,73 +226,6 @@ def _check_transform(layer, info, source, net_file):
 
 # ----------------------------------------------------- weights and state
 
-def _blob_shape(blob):
-    """(shape, legacy) of a BlobProto."""
-    if blob.HasField("shape"):
-        return tuple(blob.shape.dim), False
-    return (blob.num, blob.channels, blob.height, blob.width), True
-
-
-def _blob_count(blob):
-    return len(blob.data) or len(blob.double_data)
-
-
-def _fits(shape, legacy, target):
-    if legacy:
-        return len(target) <= 4 and \
-            (1,) * (4 - len(target)) + tuple(target) == shape
-    return tuple(target) == shape
-
-
-def _fmt(shape):
-    return "(" + ", ".join(map(str, shape)) + ")"
-
-
-def read_caffemodel(path, what="weights file"):
-    """{layer name: [(shape, legacy, count), ...]} of a binary caffemodel
-    (new or V1 layer format)."""
-    path = Path(path)
-    if not path.is_file():
-        raise JcdlError(path, f"no such {what}")
-    net = _pb().NetParameter()
-    try:
-        net.ParseFromString(path.read_bytes())
-    except DecodeError:
-        raise JcdlError(path, f"cannot parse: damaged or not a caffemodel "
-                        f"({what})") from None
-    out = {}
-    for layer in list(net.layer) + list(net.layers):
-        out[layer.name] = [(*_blob_shape(b), _blob_count(b))
-                           for b in layer.blobs]
-    if not out:
-        raise JcdlError(path, f"holds no layers: not a caffemodel ({what})")
-    return out
-
-
-def check_weights(path, model, net):
-    """Raises unless the blobs of every layer of ``model`` (from
-    read_caffemodel) named like a layer of the pycaffe ``net`` fit it, as
-    Caffe's CopyTrainedLayersFrom requires."""
-    targets = dict(zip(net._layer_names, net.layers))
-    for name, blobs in model.items():
-        if name not in targets:
-            continue
-        want = [tuple(b.data.shape) for b in targets[name].blobs]
-        if len(want) != len(blobs):
-            raise JcdlError(path, f"layer '{name}' has {len(blobs)} blobs "
-                            f"in the weights but {len(want)} in the net")
-        for j, ((shape, legacy, count), target) in enumerate(
-                zip(blobs, want)):
-            if not _fits(shape, legacy, target):
-                raise JcdlError(path, f"layer '{name}' does not fit: blob "
-                                f"{j} has shape {_fmt(shape)} in the weights "
-                                f"but {_fmt(target)} in the net")
-            if count != math.prod(shape):
-                raise JcdlError(path, f"layer '{name}': blob {j} holds "
-                                f"{count} values for shape {_fmt(shape)} "
-                                f"(damaged file?)")
-
-
 def read_solverstate(path):
     """(SolverState, the path of its caffemodel). ``learned_net`` is read
     like Caffe (relative to the working directory), falling back to the
@@ -332,17 +266,17 @@ def check_history(path, state, net):
                 shapes.append(tuple(blob.data.shape))
     history = []
     for blob in state.history:
-        history.append((*_blob_shape(blob), _blob_count(blob)))
+        history.append((*blob_shape(blob), blob_count(blob)))
     if len(history) not in (len(shapes), 2 * len(shapes)):
         raise JcdlError(path, f"has {len(history)} history blobs but the "
                         f"net has {len(shapes)} parameter blobs (damaged, or "
                         "from another net?)")
     for (shape, legacy, count), target in zip(
             history, shapes * (len(history) // max(len(shapes), 1))):
-        if not _fits(shape, legacy, target) or count != math.prod(shape):
-            raise JcdlError(path, f"a history blob of shape {_fmt(shape)} "
+        if not shape_fits(shape, legacy, target) or count != math.prod(shape):
+            raise JcdlError(path, f"a history blob of shape {fmt_shape(shape)} "
                             f"({count} values) does not match the net's "
-                            f"parameter {_fmt(target)} (damaged, or from "
+                            f"parameter {fmt_shape(target)} (damaged, or from "
                             "another net?)")
 
 

@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# Everything the GPU machine has to do, in one run of about 7 minutes
+# (bench/gpu/README.md): run it there from the repository root with the pack
+# of tools/pack_gpu.sh carried (gpu_pack/). Results go to $OUT:
+#
+#   h200-train-throughput.json  VGG-16 JCDL training, batch 32, 224 x 224, on
+#                               generated data: `caffe train` (each engine
+#                               variant the build has) against the PyTorch
+#                               twin (bench/gpu/torch_twin.py), in this run
+#   h200-loss-layers.json       the JCDL loss layers' share of a GPU
+#                               iteration, and GPU kernels against the
+#                               original's CPU way (loss_layers_bench)
+#   h200-gtest.txt              the gtest suite: ours (and the cuDNN layers')
+#                               in full on CPU and both GPU types, upstream's
+#                               in shards run side by side, each shard's
+#                               complete output
+#   h200-run.log                this script's log, environment included
+#   h200-raw.tar.gz             the raw logs behind the JSON files
+#
+# usage: bench/gpu/run_h200.sh [PACK]   (PACK: default gpu_pack)
+# env:   OUT=DIR (default /tmp/h200-out), BUDGET_S=450 (seconds for the whole
+#        run; the gtest shards get what the benchmarks leave), SHARDS=14
+#        (upstream's shards, run in parallel with ours)
+set -uo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root" || exit 1
+pack=${1:-gpu_pack}
+OUT=${OUT:-/tmp/h200-out}
+budget=${BUDGET_S:-450}
+shards=${SHARDS:-14}
+mkdir -p "$OUT"
+work=$(mktemp -d /tmp/h200-work.XXXXXX)
+t0=$(date +%s)
+
+elapsed() { echo $(( $(date +%s) - t0 )); }
+say() { echo "[run_h200 $(elapsed)s] $*"; }
+# run LIMIT_S LOG CMD...: CMD with a time limit, its output into LOG
+limited() {
+  local limit=$1 log=$2; shift 2
+  timeout -k 5 "$limit" "$@" > "$log" 2>&1
+  local rc=$?
+  [ $rc = 124 ] || [ $rc = 137 ] && say "TIMED OUT after ${limit}s: $*"
+  return $rc
+}
+
+OURS='*KLLoss*:*DominantLoss*:*Distribution*'
+CUDNN='*CuDNN*'
+
+main() {
+  say "start $(date -u +%Y-%m-%dT%H:%M:%SZ) in $root, pack $pack, out $OUT"
+  if [ ! -x "$pack/run" ]; then
+    say "no $pack/run: make the pack with tools/pack_gpu.sh and carry it"
+    return 1
+  fi
+  cp "$pack/BUILD_INFO" "$work/BUILD_INFO"
+  cudnn=$(sed -n 's/^USE_CUDNN=//p' "$pack/BUILD_INFO")
+
+  # --- environment -----------------------------------------------------
+  say "environment"
+  {
+    uname -a; cat /etc/os-release 2>/dev/null | head -2
+    nvidia-smi || true
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv || true
+    nproc; free -g | head -2
+    echo "--- BUILD_INFO"; cat "$pack/BUILD_INFO"
+    echo "--- libraries"; "$pack/run" --ldd
+  } > "$work/env.txt" 2>&1
+  nvidia-smi --query-gpu=name --format=csv,noheader -i 0 > "$work/device.txt" 2>/dev/null
+  grep -B1 "=> not found" "$work/env.txt" && say "WARNING: libraries not found (above)"
+  cat "$work/env.txt"
+  "$pack/run" caffe device_query -gpu 0 > "$work/device_query.log" 2>&1
+  grep -E "Device id|Major revision|Total global memory|Name" "$work/device_query.log" | sed 's/^.*\] //'
+
+  # --- Caffe training throughput: caffe train, per variant --------------
+  variants="default"
+  [ "$cudnn" = ON ] && variants="default cudnn_ws1024 cudnn_no_tf32 caffe_engine"
+  for v in $variants; do
+    solver=bench/gpu/solver_b32.prototxt engine=cudnn env=() ws=8 tf32=allowed
+    [ "$cudnn" = ON ] || { engine=caffe ws="" tf32=off; }
+    case $v in
+      cudnn_ws1024) env=(CAFFE_CUDNN_WORKSPACE_MB=1024) ws=1024 ;;
+      cudnn_no_tf32) env=(NVIDIA_TF32_OVERRIDE=0) tf32=off ;;
+      caffe_engine) solver=bench/gpu/solver_b32_caffe.prototxt engine=caffe ws="" tf32=off ;;
+    esac
+    printf '%s\n' "engine=$engine" "solver=$solver" "env=${env[*]:-}" \
+      "cudnn_workspace_limit_mib=$ws" "tf32_convolutions=$tf32" > "$work/train-$v.env"
+    say "caffe train: $v (${env[*]:-} $solver)"
+    limited 120 "$work/train-$v.log" env "${env[@]}" "$pack/run" caffe train --solver="$solver" -gpu 0
+    grep -E "iter/s" "$work/train-$v.log" | tail -3 | sed 's/^.*\] //'
+  done
+
+  # --- per-layer profile: caffe time ------------------------------------
+  for v in default caffe_engine; do
+    [ "$v" = caffe_engine ] && [ "$cudnn" != ON ] && continue
+    model=bench/gpu/vgg16_jcdl_b32.prototxt
+    [ "$v" = caffe_engine ] && model=bench/gpu/vgg16_jcdl_b32_caffe.prototxt
+    say "caffe time: $v"
+    limited 90 "$work/time-$v.log" "$pack/run" caffe time -model "$model" -gpu 0 -iterations 20
+    grep -E "Average (Forward|Backward)" "$work/time-$v.log" | sed 's/^.*\] //'
+  done
+
+  # --- the loss layers: GPU kernels against the original's CPU way ------
+  say "loss_layers_bench"
+  if limited 120 "$work/loss_layers.log" "$pack/run" loss_layers_bench bench/gpu/vgg16_jcdl_b32.prototxt 30 2000; then
+    sed -n '/^{/,/^}/p' "$work/loss_layers.log" > "$work/loss_layers.json"
+    cat "$work/loss_layers.json"
+  else
+    tail -20 "$work/loss_layers.log"
+  fi
+
+  # --- the PyTorch twin -------------------------------------------------
+  say "torch twin"
+  limited 180 "$work/torch.log" python3 bench/gpu/torch_twin.py --json "$work/torch.json"
+  cat "$work/torch.log" | tail -5
+
+  # --- result files -----------------------------------------------------
+  python3 bench/gpu/summarize_h200.py throughput --work "$work" --out "$OUT/h200-train-throughput.json"
+  python3 bench/gpu/summarize_h200.py loss --work "$work" --out "$OUT/h200-loss-layers.json"
+  python3 - "$OUT" <<'EOF'
+import json, sys
+t = json.load(open(sys.argv[1] + "/h200-train-throughput.json"))
+l = json.load(open(sys.argv[1] + "/h200-loss-layers.json"))
+print("THROUGHPUT", {k: t.get(k) for k in ("device", "caffe_img_per_s", "torch_img_per_s", "caffe_over_torch", "caffe_best_variant", "caffe_best_over_torch")})
+print("VARIANTS", {k: v.get("img_per_s") for k, v in t.get("caffe_variants", {}).items()},
+      {k: v.get("img_per_s") for k, v in t.get("torch_variants", {}).items()})
+print("LOSS", {k: l.get(k) for k in ("loss_layers_ms_gpu", "loss_layers_ms_cpu_original_way", "share_of_iteration", "share_of_train_step", "cpu_over_gpu_isolated", "cpu_over_gpu_in_net", "error")})
+EOF
+
+  # --- gtest: ours, cuDNN's, upstream's shards, side by side ------------
+  local left=$(( budget - $(elapsed) - 20 ))
+  [ $left -gt 240 ] && left=240
+  if [ $left -lt 30 ]; then
+    say "no time left for the gtest suite (budget ${budget}s)"
+    return 0
+  fi
+  if [ ! -x "$pack/bin/test.testbin" ]; then
+    say "the pack has no test.testbin: no gtest run"
+    echo "no test.testbin in the pack" > "$OUT/h200-gtest.txt"
+    return 0
+  fi
+  say "gtest: ours, cuDNN's and $shards upstream shards in parallel, ${left}s each at most"
+  local names=() pids=()
+  gtest_shard() {  # NAME FILTER [INDEX]
+    local name=$1 filter=$2 index=${3:-}
+    (
+      cd "$pack" || exit 2
+      export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 GTEST_COLOR=no
+      if [ -n "$index" ]; then export GTEST_TOTAL_SHARDS=$shards GTEST_SHARD_INDEX=$index; fi
+      s=$(date +%s)
+      timeout -k 5 "$left" ./run test.testbin --gtest_filter="$filter" > "$work/gtest-$name.txt" 2>&1
+      echo "$? $(( $(date +%s) - s ))" > "$work/gtest-$name.rc"
+    ) &
+    names+=("$name"); pids+=($!)
+  }
+  gtest_shard ours "$OURS"
+  gtest_shard cudnn "$CUDNN"
+  for ((i = 0; i < shards; i++)); do
+    gtest_shard "upstream-$i" "-$OURS:$CUDNN" "$i"
+  done
+  wait "${pids[@]}"
+  : > "$OUT/h200-gtest.txt"
+  local failed=0
+  for n in "${names[@]}"; do
+    read -r rc secs < "$work/gtest-$n.rc" || { rc="?"; secs="?"; }
+    local what="ours ($OURS), CPU and GPU, float and double"
+    [ "$n" = cudnn ] && what="cuDNN layers ($CUDNN)"
+    [[ $n == upstream-* ]] && what="upstream shard ${n#upstream-} of $shards (filter -$OURS:$CUDNN, GTEST_TOTAL_SHARDS=$shards GTEST_SHARD_INDEX=${n#upstream-})"
+    local state="exit $rc"
+    [ "$rc" = 124 ] || [ "$rc" = 137 ] && state="TIMED OUT after ${left}s (exit $rc): output cut off"
+    {
+      echo "######## gtest $n: $what; $state; ${secs}s"
+      cat "$work/gtest-$n.txt"
+      echo
+    } >> "$OUT/h200-gtest.txt"
+    local summary
+    summary=$(grep -E "^\[  (PASSED|FAILED)  \]|tests? from .* ran" "$work/gtest-$n.txt" | tr '\n' ' ')
+    say "gtest $n: $state, ${secs}s: $summary"
+    [ "$rc" = 0 ] || failed=$((failed + 1))
+  done
+  say "gtest: $failed of ${#names[@]} runs did not pass"
+  grep -h "^\[  FAILED  \] [A-Za-z]" "$work"/gtest-*.txt | sort -u | head -40
+}
+
+main 2>&1 | tee "$OUT/h200-run.log"
+tar czf "$OUT/h200-raw.tar.gz" -C "$work" . 2>/dev/null
+rm -rf "$work"
+echo "[run_h200 $(elapsed)s] done: $(ls "$OUT" | tr '\n' ' ')"

@@ -1,0 +1,276 @@
+"""The GPU benchmark's CPU-side pieces (issue: GPU): the committed bench
+prototxts are what bench/gpu/make_prototxts.py writes and build on the CPU,
+the scripts parse, pack_gpu.sh refuses what it cannot pack, and
+run_h200.sh turns (stub) tool outputs into its result files."""
+import importlib.util
+import json
+import os
+import py_compile
+import subprocess
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+
+from conftest import ROOT
+from jcdl.common import import_caffe
+
+caffe = import_caffe()
+pb = caffe.proto.caffe_pb2
+BENCH = ROOT / "bench" / "gpu"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+gen = load("make_prototxts")
+summarize = load("summarize_h200")
+
+
+def test_committed_prototxts_are_what_the_generator_writes():
+    files = gen.render()
+    assert len(files) == 4
+    for name, text in files.items():
+        path = BENCH / name
+        assert path.is_file(), f"{path} missing: run {gen.__file__}"
+        assert path.read_text() == text, \
+            f"{path} is stale: run .venv/bin/python bench/gpu/make_prototxts.py"
+
+
+def parse_net(path):
+    return text_format.Parse(Path(path).read_text(), pb.NetParameter())
+
+
+@pytest.mark.parametrize("engine", gen.ENGINES)
+def test_bench_net_is_the_jcdl_vgg16_over_constant_data(engine):
+    net = parse_net(BENCH / gen.net_name(engine))
+    types = [l.type for l in net.layer]
+    assert types[0] == "DummyData" and "Data" not in types
+    assert types.count("Convolution") == 13
+    assert types.count("InnerProduct") == 3
+    assert "Accuracy" not in types
+    dummy = net.layer[0].dummy_data_param
+    assert [list(s.dim) for s in dummy.shape] == [
+        [gen.BATCH, 3, gen.CROP, gen.CROP], [gen.BATCH, gen.CLASSES]]
+    # constant fillers: DummyData fills once instead of every pass
+    assert [f.type for f in dummy.data_filler] == ["constant", "constant"]
+    assert dummy.data_filler[1].value == pytest.approx(1 / gen.CLASSES)
+    losses = {l.type: l for l in net.layer if "Loss" in l.type}
+    assert set(losses) == {"SoftmaxWithKLLoss", "SoftmaxWithDominantLoss"}
+    assert losses["SoftmaxWithKLLoss"].loss_weight == [pytest.approx(0.8)]
+    assert losses["SoftmaxWithDominantLoss"].loss_weight == [
+        pytest.approx(0.2)]
+    fc8 = next(l for l in net.layer if l.name == "my_fc8")
+    assert fc8.inner_product_param.num_output == gen.CLASSES
+    for l in net.layer:
+        param = {"Convolution": "convolution_param", "Pooling":
+                 "pooling_param", "ReLU": "relu_param"}.get(l.type)
+        if param:
+            expected = 1 if engine == "caffe" else 0  # CAFFE / DEFAULT
+            assert getattr(l, param).engine == expected, l.name
+
+
+@pytest.mark.parametrize("engine", gen.ENGINES)
+def test_bench_solver_runs_the_recipe_on_its_net(engine):
+    s = text_format.Parse((BENCH / gen.solver_name(engine)).read_text(),
+                          pb.SolverParameter())
+    assert s.net == f"bench/gpu/{gen.net_name(engine)}"
+    assert (ROOT / s.net).is_file()
+    assert (s.base_lr, s.momentum, s.weight_decay) == (
+        pytest.approx(1e-4), pytest.approx(0.9), pytest.approx(0.005))
+    assert s.solver_mode == pb.SolverParameter.GPU
+    assert s.snapshot == 0 and not s.snapshot_after_train
+    # run_h200.sh times the display intervals after the warm-up
+    assert s.display == gen.DISPLAY
+    assert s.max_iter >= summarize.WARMUP_ITERS + 3 * s.display
+
+
+def test_bench_net_builds_on_the_cpu_with_k_outputs(tmp_path):
+    """The committed net, shrunk to batch 2 of 32 x 32 images, builds and
+    runs forward and backward in pycaffe on the CPU."""
+    net = parse_net(BENCH / gen.net_name("default"))
+    dummy = net.layer[0].dummy_data_param
+    dummy.shape[0].dim[:] = [2, 3, 32, 32]
+    dummy.shape[1].dim[0] = 2
+    path = tmp_path / "small.prototxt"
+    path.write_text(text_format.MessageToString(net))
+    caffe.set_mode_cpu()
+    n = caffe.Net(str(path), caffe.TRAIN)
+    out = n.forward()
+    assert n.blobs["my_fc8"].data.shape == (2, gen.CLASSES)
+    assert n.blobs["label"].data == pytest.approx(1 / gen.CLASSES)
+    assert np.isfinite(out["loss_kl"]) and out["loss_kl"] >= 0
+    assert np.isfinite(out["loss_dominant"]) and out["loss_dominant"] > 0
+    n.backward()
+    assert np.isfinite(n.blobs["my_fc8"].diff).all()
+
+
+def test_scripts_parse():
+    for name in ("torch_twin", "summarize_h200", "make_prototxts"):
+        py_compile.compile(str(BENCH / f"{name}.py"), doraise=True)
+    for script in (BENCH / "run_h200.sh", ROOT / "tools" / "pack_gpu.sh"):
+        assert os.access(script, os.X_OK), f"{script} is not executable"
+        subprocess.run(["bash", "-n", str(script)], check=True)
+    assert (BENCH / "loss_layers_bench.cpp").is_file()
+
+
+def test_torch_twin_matches_the_caffe_bench():
+    """Same batch, K and loss weights as the Caffe net (torch itself is
+    only on the GPU machine)."""
+    src = (BENCH / "torch_twin.py").read_text()
+    assert "LAMBDA = 0.8" in src
+    assert 'ap.add_argument("--batch", type=int, default=32)' in src
+    assert f'ap.add_argument("--classes", type=int, default={gen.CLASSES})' \
+        in src
+    assert "vgg16(weights=None, num_classes=classes)" in src
+
+
+def test_pack_refuses_without_a_cuda_build(tmp_path):
+    pack = ROOT / "tools" / "pack_gpu.sh"
+    proc = subprocess.run([str(pack), str(tmp_path / "nothing"),
+                           str(tmp_path / "pack")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "no CUDA build" in proc.stderr and "make cuda" in proc.stderr
+    cpu = tmp_path / "cpu" / "build"
+    cpu.mkdir(parents=True)
+    (cpu / "CMakeCache.txt").write_text("CPU_ONLY:BOOL=ON\n")
+    proc = subprocess.run([str(pack), str(tmp_path / "cpu"),
+                           str(tmp_path / "pack")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "CPU-only build" in proc.stderr
+    assert not (tmp_path / "pack").exists()
+
+
+def test_pack_refuses_a_build_that_links_opencv(tmp_path):
+    """OpenCV's libraries need ~160 MiB of others: the pack says to build
+    without it (runs where a CUDA build with OpenCV exists)."""
+    cache = ROOT / "build" / "cuda" / "build" / "CMakeCache.txt"
+    text = cache.read_text() if cache.is_file() else ""
+    if "USE_OPENCV:BOOL=ON" not in text or "CPU_ONLY:BOOL=OFF" not in text \
+            or not (cache.parent / "tools" / "caffe").is_file():
+        pytest.skip("no CUDA build with OpenCV here")
+    proc = subprocess.run([str(ROOT / "tools" / "pack_gpu.sh"), "build/cuda",
+                           str(tmp_path / "pack")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "-DUSE_OPENCV=OFF" in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "pack").exists()
+    assert not list(tmp_path.glob(".pack.partial-*"))
+
+
+TRAIN_LOG = "\n".join(
+    ["I0101 00:00:00.000000 1 solver.cpp:239] Iteration 0 (0 iter/s, "
+     "0.9s/10 iters), loss = 2.1"] +
+    [f"I0101 00:00:01.000000 1 solver.cpp:239] Iteration {i} (25 iter/s, "
+     f"{s}s/10 iters), loss = 1.94591"
+     for i, s in ((10, 0.8), (20, 0.5), (30, 0.4), (40, 0.4), (50, 0.4),
+                  (60, 0.4), (70, 0.4))])
+TIME_LOG = textwrap.dedent("""\
+    I0101 00:00:00.000000 1 caffe.cpp:404]    conv1_1\tforward: 1.5 ms.
+    I0101 00:00:00.000000 1 caffe.cpp:407]    conv1_1\tbackward: 2.5 ms.
+    I0101 00:00:00.000000 1 caffe.cpp:404]    loss_kl\tforward: 0.02 ms.
+    I0101 00:00:00.000000 1 caffe.cpp:407]    loss_kl\tbackward: 0.01 ms.
+    I0101 00:00:00.000000 1 caffe.cpp:410] Average Forward pass: 10 ms.
+    I0101 00:00:00.000000 1 caffe.cpp:412] Average Backward pass: 20 ms.
+    I0101 00:00:00.000000 1 caffe.cpp:414] Average Forward-Backward: 30.5 ms.
+    """)
+
+
+def test_summaries_of_caffe_logs():
+    t = summarize.parse_train_log(TRAIN_LOG)
+    # intervals ending at 30..70 cover iterations 20..69: 50 at 40 ms
+    assert t["iterations_timed"] == 50 and t["first_timed_iteration"] == 20
+    assert t["ms_per_iter"] == pytest.approx(40.0)
+    assert t["img_per_s"] == pytest.approx(800.0)
+    assert summarize.parse_train_log("no timing here") is None
+    p = summarize.parse_time_log(TIME_LOG)
+    assert p["layers"]["conv1_1"] == {"forward": 1.5, "backward": 2.5}
+    assert p["forward_backward_ms"] == 30.5
+    assert summarize.top_layers(p, 1)[0]["layer"] == "conv1_1"
+    assert summarize.physical_share(1000) == pytest.approx(
+        1000 * 46.5e9 / 495e12, rel=1e-3)
+
+
+LOSS_JSON = {
+    "device": "stub", "model": "m", "iterations": 3, "reps": 10,
+    "iteration_ms": {"gpu": {"median": 40.0, "mean": 40.1},
+                     "cpu": {"median": 40.5, "mean": 40.6}},
+    "layers_ms": {"gpu": {"loss_kl": {"type": "SoftmaxWithKLLoss",
+                                      "forward": 0.03, "backward": 0.01}},
+                  "cpu": {"loss_kl": {"type": "SoftmaxWithKLLoss",
+                                      "forward": 0.3, "backward": 0.2}}},
+    "loss_layers_ms": {"gpu": 0.04, "cpu": 0.5},
+    "isolated_us": {"gpu": 30.0, "cpu": 600.0},
+    "share_of_iteration": {"gpu": 0.001, "cpu": 0.0123},
+    "cpu_over_gpu": {"isolated": 20.0, "in_net": 12.5}}
+
+
+def stub_pack(path):
+    """A pack whose run prints canned outputs instead of running Caffe."""
+    (path / "bin").mkdir(parents=True)
+    (path / "bin" / "test.testbin").write_text("")
+    (path / "bin" / "test.testbin").chmod(0o755)
+    (path / "BUILD_INFO").write_text("USE_CUDNN=ON\nCUDA_ARCH_BIN=90\n")
+    (path / "loss.json").write_text(json.dumps(LOSS_JSON))
+    (path / "train.log").write_text(TRAIN_LOG + "\n")
+    (path / "time.log").write_text(TIME_LOG)
+    run = path / "run"
+    run.write_text(textwrap.dedent("""\
+        #!/usr/bin/env bash
+        here=$(dirname "$0"); tool=$1; shift
+        case $tool in
+          --ldd) echo "== stub" ;;
+          caffe) case $1 in
+                   train) cat "$here/train.log" ;;
+                   time) cat "$here/time.log" ;;
+                 esac ;;
+          loss_layers_bench) cat "$here/loss.json" ;;
+          test.testbin)
+            echo "[==========] Running 2 tests ($* ${GTEST_SHARD_INDEX:-})"
+            echo "[  PASSED  ] 2 tests." ;;
+        esac
+        """))
+    run.chmod(0o755)
+
+
+def test_run_h200_writes_its_result_files(tmp_path):
+    pack, out = tmp_path / "pack", tmp_path / "out"
+    stub_pack(pack)
+    env = dict(os.environ, OUT=str(out), BUDGET_S="300", SHARDS="3")
+    # the GPU machine's python3 has torch; here the twin fails, and the
+    # results say so (torch_img_per_s null) instead of the run stopping
+    proc = subprocess.run([str(BENCH / "run_h200.sh"), str(pack)], cwd=ROOT,
+                          env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "h200-gtest.txt", "h200-loss-layers.json", "h200-raw.tar.gz",
+        "h200-run.log", "h200-train-throughput.json"]
+    t = json.loads((out / "h200-train-throughput.json").read_text())
+    for key in ("device", "caffe_img_per_s", "torch_img_per_s", "batch",
+                "date", "caffe_settings", "torch_settings",
+                "physical_limit"):
+        assert key in t
+    assert t["batch"] == 32 and t["caffe_img_per_s"] == pytest.approx(800)
+    assert set(t["caffe_variants"]) == {"default", "cudnn_ws1024",
+                                        "cudnn_no_tf32", "caffe_engine"}
+    assert t["caffe_settings"]["variant"]["engine"] == "cudnn"
+    assert t["physical_limit"]["caffe_share"] == pytest.approx(
+        800 * 46.5e9 / 495e12, rel=1e-3)
+    loss = json.loads((out / "h200-loss-layers.json").read_text())
+    assert loss["share_of_iteration"] == 0.001
+    assert loss["cpu_over_gpu_isolated"] == 20.0
+    assert loss["share_of_train_step"] == pytest.approx(0.04 / 40)
+    assert loss["goals"]["share_met"] and loss["goals"]["speedup_met"]
+    gtest = (out / "h200-gtest.txt").read_text()
+    assert gtest.count("######## gtest ") == 2 + 3
+    assert gtest.count("[  PASSED  ] 2 tests.") == 5
+    assert "GTEST_TOTAL_SHARDS=3 GTEST_SHARD_INDEX=2" in gtest

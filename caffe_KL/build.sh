@@ -57,6 +57,9 @@ copy_changed() {  # copy_changed FROM TO: the files of FROM that differ in TO
     cmp -s "$1/$f" "$2/$f" || { mkdir -p "$(dirname "$2/$f")"; cp "$1/$f" "$2/$f"; }
   done
 }
+if [ -n "${CAFFE_SRC:-}" ] && [ ! -f "$CAFFE_SRC/CMakeLists.txt" ]; then
+  log "CAFFE_SRC=$CAFFE_SRC is not a Caffe source tree (no CMakeLists.txt)"; exit 1
+fi
 origin=${CAFFE_SRC:-$sha256}
 stamp=$( (echo "$origin"; cat "$here"/patches/*.patch) | sha256sum | cut -c1-16)
 if [ "$(cat "$out/.src-stamp" 2>/dev/null)" != "$stamp" ]; then
@@ -67,7 +70,6 @@ if [ "$(cat "$out/.src-stamp" 2>/dev/null)" != "$stamp" ]; then
   rm -rf "$fresh" "$out/.src-stamp"
   mkdir -p "$fresh" "$src"
   if [ -n "${CAFFE_SRC:-}" ]; then
-    [ -f "$CAFFE_SRC/CMakeLists.txt" ] || { log "CAFFE_SRC=$CAFFE_SRC is not a Caffe source tree"; exit 1; }
     log "copying $CAFFE_SRC"
     (cd "$CAFFE_SRC" && tar cf - --exclude=.git --exclude=build .) | tar xf - -C "$fresh"
   else

@@ -16,6 +16,9 @@ def test_demo_small_budget(tmp_path):
     out = tmp_path / "demo"
     proc = jcdl("demo", "--out", out, "--iterations", 120, "--images", 240)
     assert proc.stdout.strip() == str(out / "report.md")
+    # Caffe-style log lines go to each variant's train.log, not the terminal
+    assert "solver.cpp" not in proc.stderr
+    assert "Iteration 120, Testing net" in (out / "jcdl" / "train.log").read_text()
     results = json.loads((out / "metrics.json").read_text())
     assert set(results) == {"jcdl", "kl_only", "softmax_only"}
     for variant, r in results.items():

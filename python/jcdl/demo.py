@@ -118,7 +118,7 @@ def run_demo(out, iterations=600, n_images=800, seed=0):
             weight_decay=0.0005, snapshot=0, test_interval=iterations // 6,
             display=20, mode="CPU", seed=seed)
         logs[variant] = folder / "train.log"
-        weights = train.train(solver, log=logs[variant], progress=False)
+        weights = train.train(solver, log=logs[variant], echo=False)
         results[variant] = predict.evaluate(
             deploy, weights, db=dbs["test"], mean=mean, classes=classes,
             out=folder / "eval")

@@ -347,10 +347,11 @@ def select_device(caffe, solver, solver_path, gpu, log):
 # ---------------------------------------------------------------- log
 
 class Log:
-    """Caffe's glog line format, on stderr (above the progress bar) and in
-    an optional file."""
+    """Caffe's glog line format, on stderr (above the progress bar; not with
+    echo False) and in an optional file."""
 
-    def __init__(self, path=None, append=False):
+    def __init__(self, path=None, append=False, echo=True):
+        self.echo = echo
         try:
             self.file = open(path, "a" if append else "w") if path else None
         except OSError as e:
@@ -362,8 +363,9 @@ class Log:
         now = datetime.now()
         text = (f"{level}{now:%m%d %H:%M:%S.%f} {self.tid:>5} {where}] "
                 f"{message}")
-        from tqdm import tqdm  # noqa: PLC0415
-        tqdm.write(text, file=sys.stderr)
+        if self.echo:
+            from tqdm import tqdm  # noqa: PLC0415
+            tqdm.write(text, file=sys.stderr)
         if self.file:
             self.file.write(text + "\n")
             self.file.flush()
@@ -559,7 +561,7 @@ def snapshot_prefix(solver, solver_path):
 
 
 def train(solver_path, weights=None, gpu=None, resume=None, log=None,
-          progress=True):
+          progress=True, echo=True):
     """Trains as ``caffe train`` would; returns the path of the last
     caffemodel written (None when nothing was snapshotted)."""
     pb = _pb()
@@ -590,7 +592,7 @@ def train(solver_path, weights=None, gpu=None, resume=None, log=None,
                                         "solverstate")
 
     caffe = import_caffe()
-    logger = Log(log, append=bool(resume))
+    logger = Log(log, append=bool(resume), echo=echo)
     try:
         device = select_device(caffe, param, solver_path, gpu, logger)
         prefix = snapshot_prefix(param, solver_path)

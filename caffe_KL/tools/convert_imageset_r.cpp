@@ -10,6 +10,7 @@
 // Each row is normalised to sum 1 and stored as floats in Datum::float_data;
 // the image is stored as in convert_imageset (raw BGR bytes or encoded).
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -151,8 +152,16 @@ void image_to_datum(const Entry& e, const string& list, const string& path,
                     bool is_color, int height, int width, const string& enc,
                     Datum* datum) {
   datum->Clear();
+  // Decoders such as libpng print their own errors on stderr: keep them
+  // quiet, so a bad image gives our one line only.
+  fflush(stderr);
+  const int saved_stderr = dup(2), devnull = open("/dev/null", O_WRONLY);
+  dup2(devnull, 2);
   cv::Mat img = cv::imread(path, is_color ? cv::IMREAD_COLOR :
                                             cv::IMREAD_GRAYSCALE);
+  dup2(saved_stderr, 2);
+  close(saved_stderr);
+  close(devnull);
   if (!img.data) fail(list, e.line, "cannot decode image " + path);
   if (height > 0 && width > 0) {
     cv::resize(img, img, cv::Size(width, height));

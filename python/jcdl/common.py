@@ -1,5 +1,6 @@
 """What every stage shares: the clear-error type, atomic outputs, the
 ``name p_1 ... p_K`` distribution files, and importing pycaffe quietly."""
+import ctypes
 import math
 import os
 import shutil
@@ -222,3 +223,47 @@ def check_weights(path, model, net, require_all=None):
                 raise JcdlError(path, f"layer '{name}': blob {j} holds "
                                 f"{count} values for shape {fmt_shape(shape)} "
                                 f"(damaged file?)")
+
+
+# ---------------------------------------------------------------- devices
+
+def cuda_libraries():
+    """The CUDA runtime and cuBLAS libraries this process loaded with
+    pycaffe: none for a CPU-only Caffe."""
+    with open("/proc/self/maps") as f:
+        paths = {line.split()[-1] for line in f}
+    return sorted(p for p in paths if "/libcudart" in p or "/libcublas" in p)
+
+
+def _gpu_count(libraries):
+    """cudaGetDeviceCount, or None when it cannot be asked."""
+    for library in libraries:
+        if "/libcudart" in library:
+            try:
+                count = ctypes.c_int()
+                cudart = ctypes.CDLL(library)
+                if cudart.cudaGetDeviceCount(ctypes.byref(count)) != 0:
+                    return 0
+                return count.value
+            except (OSError, AttributeError):
+                return None
+    return None
+
+
+def use_device(caffe, gpu):
+    """Caffe's CPU mode (gpu None) or GPU ``gpu``, after checking that this
+    pycaffe can use it (Caffe aborts the process when it cannot)."""
+    if gpu is None:
+        caffe.set_mode_cpu()
+        return
+    where = Path(caffe.__file__).parent
+    libraries = cuda_libraries()
+    if not libraries:
+        raise JcdlError(where, f"--gpu {gpu}: GPU {gpu} cannot be used: this "
+                        "pycaffe is a CPU-only build ('make cuda' builds the "
+                        "GPU one)")
+    count = _gpu_count(libraries)
+    if count is not None and not 0 <= gpu < count:
+        raise JcdlError(where, f"--gpu {gpu}: {count} GPU(s) visible")
+    caffe.set_device(gpu)
+    caffe.set_mode_gpu()

@@ -15,9 +15,7 @@ The net's output is the deploy net's last blob (a Softmax: one distribution
 per image).
 """
 import json
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import numpy as np
 
 from .common import (JcdlError, atomic_output, blob_shape, check_weights,
                      import_caffe, read_caffemodel, read_distribution_file,
-                     write_distribution_file)
+                     use_device, write_distribution_file)
 from . import metrics
 
 N_EXAMPLES = 6  # images shown in distributions.png
@@ -87,26 +85,6 @@ def check_deploy(path):
                         "prototxt (made by 'jcdl netgen'), not train_val")
 
 
-def use_device(gpu):
-    """CPU mode, or GPU ``gpu`` after checking in a child process that this
-    Caffe can use it (Caffe aborts when it cannot)."""
-    caffe = import_caffe()
-    if gpu is None:
-        caffe.set_mode_cpu()
-        return
-    probe = subprocess.run(
-        [sys.executable, "-c", "import sys, caffe; "
-         "caffe.set_device(int(sys.argv[1])); caffe.set_mode_gpu()",
-         str(gpu)], capture_output=True, text=True,
-        env=dict(os.environ, GLOG_minloglevel="2"))
-    if probe.returncode != 0:
-        why = "this Caffe was built without CUDA" if "CPU-only" in \
-            probe.stderr else "cannot use it"
-        raise JcdlError("--gpu", f"GPU {gpu}: {why}")
-    caffe.set_device(int(gpu))
-    caffe.set_mode_gpu()
-
-
 def load_net(deploy, weights, gpu=None):
     """The deploy net in TEST phase with trained weights, after checking
     both files so that no Caffe CHECK aborts the process."""
@@ -115,7 +93,7 @@ def load_net(deploy, weights, gpu=None):
     check_deploy(deploy)
     if not weights.is_file():
         raise JcdlError(weights, "no such weights file")
-    use_device(gpu)
+    use_device(caffe, gpu)
     net = caffe.Net(str(deploy), caffe.TEST)
     check_weights(weights, read_caffemodel(weights), net, require_all=deploy)
     net.copy_from(str(weights))

@@ -23,7 +23,6 @@ What it adds to ``caffe train``:
 Paths inside the solver and the nets are relative to the working directory,
 as with ``caffe train``.
 """
-import ctypes
 import math
 import os
 import shlex
@@ -41,15 +40,14 @@ from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
 from .common import (JcdlError, blob_count, blob_shape, check_weights,
-                     fmt_shape, import_caffe, read_caffemodel, shape_fits)
+                     cuda_libraries, fmt_shape, import_caffe, read_caffemodel,
+                     shape_fits, use_device)
 from .lmdbio import db_info
 from .metrics import summary
 
 # loss layers whose bottoms are (logits, distribution label)
 DISTRIBUTION_LOSSES = ("SoftmaxWithKLLoss", "SoftmaxWithDominantLoss",
                        "SoftmaxWithMyKLLoss")
-# solvers of diverged trainings, never freed (see _Trainer.diverged)
-_KEEP = []
 MEASURES = ("chebyshev", "clark", "canberra", "kl", "cosine",
             "intersection", "accuracy")
 
@@ -292,56 +290,20 @@ def set_learned_net(state_path, model):
 
 # ----------------------------------------------------------- devices
 
-def _cuda_libraries():
-    """The CUDA runtime and cuBLAS libraries this process loaded with
-    pycaffe: none for a CPU-only Caffe."""
-    with open("/proc/self/maps") as f:
-        paths = {line.split()[-1] for line in f}
-    return sorted(p for p in paths if "/libcudart" in p or "/libcublas" in p)
-
-
-def _gpu_count(libraries):
-    """cudaGetDeviceCount, or None when it cannot be asked."""
-    for library in libraries:
-        if "/libcudart" in library:
-            try:
-                count = ctypes.c_int()
-                cudart = ctypes.CDLL(library)
-                if cudart.cudaGetDeviceCount(ctypes.byref(count)) != 0:
-                    return 0
-                return count.value
-            except (OSError, AttributeError):
-                return None
-    return None
-
-
 def select_device(caffe, solver, solver_path, gpu, log):
     """Sets Caffe's mode like ``caffe train``: --gpu wins, else the
     solver's solver_mode/device_id. A GPU solver on a CPU-only Caffe trains
     on the CPU, with a warning."""
     pb = _pb()
     if gpu is None and solver.solver_mode == pb.SolverParameter.GPU:
-        if not _cuda_libraries():
+        if not cuda_libraries():
             log.line("W", "caffe.cpp:183", f"{solver_path} asks for the GPU "
                      "but this Caffe is CPU-only: training on the CPU")
             caffe.set_mode_cpu()
             return "CPU"
         gpu = solver.device_id
-    if gpu is None:
-        caffe.set_mode_cpu()
-        return "CPU"
-    libraries = _cuda_libraries()
-    if not libraries:
-        raise JcdlError(Path(caffe.__file__).parent, f"--gpu {gpu}: this "
-                        "pycaffe is a CPU-only build (build the GPU one with "
-                        "'make cuda' and use it)")
-    count = _gpu_count(libraries)
-    if count is not None and not 0 <= gpu < count:
-        raise JcdlError(Path(caffe.__file__).parent, f"--gpu {gpu}: "
-                        f"{count} GPU(s) visible")
-    caffe.set_device(gpu)
-    caffe.set_mode_gpu()
-    return f"GPU {gpu}"
+    use_device(caffe, gpu)
+    return "CPU" if gpu is None else f"GPU {gpu}"
 
 
 # ---------------------------------------------------------------- log
@@ -520,12 +482,11 @@ class _Trainer:
         self.log.info("solver.cpp:332", "Optimization Done.")
 
     def diverged(self, it, loss):
-        """A loss of inf or nan: the weights are lost. Caffe would go on
-        (and its max pooling writes out of bounds on nan inputs), so stop."""
+        """A loss of inf or nan: the weights are lost, and Caffe would go
+        on training garbage; stop."""
         message = (f"the loss is {loss} at iteration {it}: training "
                    "diverged (lower base_lr?)")
         self.log.line("E", "solver.cpp:239", message)
-        _KEEP.append(self.solver)  # not freed: its heap may be damaged
         raise JcdlError(self.solver_path, message)
 
     def log_outputs(self, kind, where, net, values):

@@ -109,7 +109,8 @@ else
   # CUDA 12.8+ makes __global__ template stubs static: the test binary
   # launches kernels defined in libcaffe (im2col), so keep them visible.
   nvcc=${CUDA_HOME:-/usr/local/cuda}/bin/nvcc
-  if "$nvcc" --help 2>/dev/null | grep -q static-global-template-stub; then
+  # (grep without -q: with pipefail, -q's early exit would fail the pipe)
+  if "$nvcc" --help 2>/dev/null | grep static-global-template-stub >/dev/null; then
     args+=(-DCUDA_NVCC_FLAGS=-static-global-template-stub=false)
   fi
 fi

@@ -106,12 +106,12 @@ else
   args+=(-DCPU_ONLY=OFF -DUSE_CUDNN=$([ "${USE_CUDNN:-0}" = 1 ] && echo ON || echo OFF)
          -DUSE_NCCL=OFF -DCUDA_ARCH_NAME=Manual -DCUDA_ARCH_BIN="$arch" -DCUDA_ARCH_PTX="${arch##* }"
          -DCUDA_TOOLKIT_ROOT_DIR="${CUDA_HOME:-/usr/local/cuda}")
-  # CUDA 12.8+ makes __global__ template stubs static: the test binary
-  # launches kernels defined in libcaffe (im2col), so keep them visible.
+  # CUDA 12.8+ makes __global__ template stubs static and hidden: the test
+  # binary launches kernels defined in libcaffe (im2col), so keep them
+  # visible. (grep without -q: with pipefail, -q's early exit fails the pipe)
   nvcc=${CUDA_HOME:-/usr/local/cuda}/bin/nvcc
-  # (grep without -q: with pipefail, -q's early exit would fail the pipe)
   if "$nvcc" --help 2>/dev/null | grep static-global-template-stub >/dev/null; then
-    args+=(-DCUDA_NVCC_FLAGS=-static-global-template-stub=false)
+    args+=("-DCUDA_NVCC_FLAGS=-static-global-template-stub=false;-device-entity-has-hidden-visibility=false")
   fi
 fi
 # shellcheck disable=SC2206  # word-split on purpose: several options

@@ -139,12 +139,15 @@ def bad_inputs(tmp, root):
                      "list.txt:3: all values are zero"),
         "no values": ("good.png\n", "list.txt:1: no distribution after the "
                       "path"),
+        "overflowing sum": (good + "good.png 1e308 1e308 1\n",
+                            "list.txt:2: values too large"),
     }
 
 
 CASES = [
     "missing list", "empty list", "missing image", "undecodable image",
-    "abc", "nan", "inf", "count", "negative", "all zero", "no values"]
+    "abc", "nan", "inf", "count", "negative", "all zero", "no values",
+    "overflowing sum"]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -92,7 +92,7 @@ bool is_file(const string& path) {
 }
 
 // Reads "path p_1 ... p_K" lines; every value must be a finite number >= 0,
-// every row must have the first row's K and a positive sum.
+// every row must have the first row's K and a positive, finite sum.
 std::vector<Entry> read_list(const string& list, const string& root) {
   std::ifstream infile(list.c_str());
   if (!infile) fail(list, 0, "cannot open the list file");
@@ -134,6 +134,7 @@ std::vector<Entry> read_list(const string& list, const string& root) {
     }
     double sum = 0;
     for (size_t k = 0; k < K; ++k) sum += values[k];
+    if (!std::isfinite(sum)) fail(list, line_no, "values too large");
     if (!(sum > 0)) fail(list, line_no, "all values are zero");
     for (size_t k = 0; k < K; ++k) e.dist.push_back(values[k] / sum);
     if (!is_file(root + e.path)) {

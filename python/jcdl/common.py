@@ -3,7 +3,9 @@
 import ctypes
 import math
 import os
+import re
 import shutil
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -55,17 +57,45 @@ def atomic_output(path):
         os.replace(tmp, path)
 
 
+# The finite numbers C's strtod reads whole (C locale, ASCII): decimal and
+# hexadecimal floats. Every reader of distributions and votes accepts what
+# convert_imageset_r accepts, and nothing else ("1_0", non-ASCII digits...).
+_STRTOD = re.compile(
+    r"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+    r"|0[xX](?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)(?:[pP][+-]?\d+)?)",
+    re.ASCII)
+_INTEGER = re.compile(r"[+-]?\d+", re.ASCII)
+
+
+def parse_number(tok):
+    """The finite value strtod reads from the whole token, or None where
+    convert_imageset_r refuses it (not a number, trailing characters, inf,
+    nan, overflow, or underflow of a non-zero value: ERANGE)."""
+    if not _STRTOD.fullmatch(tok):
+        return None
+    body = tok.lstrip("+-")
+    if body[:2].lower() == "0x":
+        v = float.fromhex(tok)
+        digits = re.split(r"[pP]", body[2:])[0].strip("0.")
+    else:
+        v = float(tok)
+        digits = re.split(r"[eE]", body)[0].strip("0.")
+    if not math.isfinite(v) or (digits and abs(v) < sys.float_info.min):
+        return None
+    return v
+
+
 def parse_values(tokens, path, line, *, integer=False):
     """Numbers of one row: finite, >= 0 (integers where ``integer``)."""
     values = []
     for tok in tokens:
-        try:
-            v = int(tok) if integer else float(tok)
-        except ValueError:
+        if integer:
+            v = int(tok) if _INTEGER.fullmatch(tok) else None
+        else:
+            v = parse_number(tok)
+        if v is None:
             kind = "an integer" if integer else "a finite number"
-            raise JcdlError(path, f"'{tok}' is not {kind}", line) from None
-        if not math.isfinite(v):
-            raise JcdlError(path, f"'{tok}' is not a finite number", line)
+            raise JcdlError(path, f"'{tok}' is not {kind}", line)
         if v < 0:
             raise JcdlError(path, f"negative value {tok}", line)
         values.append(v)

@@ -18,7 +18,6 @@ a finite number >= 0 (C ``strtod`` syntax), every row the first row's count
 and a positive sum, every image present and decodable.
 """
 import os
-import re
 import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +27,8 @@ import cv2
 import lmdb
 import numpy as np
 
-from .common import JcdlError, atomic_output, import_caffe
+from .common import (JcdlError, atomic_output, import_caffe, parse_values,
+                     to_distribution)
 
 _pb2 = None
 
@@ -42,31 +42,6 @@ def proto():
 
 
 # ---------------------------------------------------------------- the list
-
-# The finite numbers C's strtod reads completely (C locale): decimal and
-# hexadecimal floats (inf and nan are refused anyway).
-_STRTOD = re.compile(
-    rb"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
-    rb"|0[xX](?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)(?:[pP][+-]?\d+)?)")
-
-
-def _strtod(tok):
-    """The finite value strtod reads from the whole token, or None where the
-    C++ tool refuses it (not a number, trailing characters, inf, nan,
-    overflow or underflow: ERANGE)."""
-    if not _STRTOD.fullmatch(tok):
-        return None
-    body = tok.lstrip(b"+-")
-    if body[:2].lower() == b"0x":
-        v = float.fromhex(tok.decode())
-        digits = re.split(rb"[pP]", body[2:])[0].strip(b"0.")
-    else:
-        v = float(tok)
-        digits = re.split(rb"[eE]", body)[0].strip(b"0.")
-    if not np.isfinite(v) or (digits and abs(v) < sys.float_info.min):
-        return None
-    return v
-
 
 class Entry:
     """One list line: the path as written, its distribution (float64, sum 1)
@@ -101,16 +76,8 @@ def read_list(list_path, root=None):
         tokens = text.split()            # C isspace: the istringstream's split
         if not tokens:
             continue
-        values = []
-        for tok in tokens[1:]:
-            v = _strtod(tok)
-            shown = tok.decode("utf-8", "replace")
-            if v is None:
-                raise JcdlError(list_path,
-                                f"'{shown}' is not a finite number", line_no)
-            if v < 0:
-                raise JcdlError(list_path, f"negative value {shown}", line_no)
-            values.append(v)
+        values = parse_values([t.decode("utf-8", "replace")
+                               for t in tokens[1:]], list_path, line_no)
         if not values:
             raise JcdlError(list_path, "no distribution after the path "
                             "(expected 'path p_1 ... p_K')", line_no)
@@ -118,14 +85,12 @@ def read_list(list_path, root=None):
         if len(values) != K:
             raise JcdlError(list_path, f"{len(values)} values, but the first "
                             f"line has {K}", line_no)
-        total = sum(values)
-        if not total > 0:
-            raise JcdlError(list_path, "all values are zero", line_no)
+        dist = to_distribution(values, list_path, line_no)
         path = os.fsdecode(tokens[0])
         if root is not None and not os.path.isfile(image_path(root, path)):
             raise JcdlError(list_path, "image not found: " +
                             image_path(root, path), line_no)
-        entries.append(Entry(path, np.asarray(values) / total, line_no))
+        entries.append(Entry(path, np.asarray(dist), line_no))
     if not entries:
         raise JcdlError(list_path, "the list is empty")
     return entries

@@ -2,7 +2,6 @@
 import os
 
 import cv2
-import lmdb
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,11 +15,7 @@ QUIET = {"GLOG_minloglevel": "2"}
 
 
 def records(db):
-    env = lmdb.open(str(db), readonly=True, lock=False)
-    with env.begin() as txn:
-        out = list(txn.cursor())
-    env.close()
-    return out
+    return list(lmdbio.records(db))
 
 
 @pytest.fixture

@@ -24,8 +24,9 @@ import time
 from pathlib import Path
 
 import cv2
-import lmdb
 import numpy as np
+
+from jcdl import lmdbio
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -59,14 +60,6 @@ def timed(cmd, env):
     if proc.returncode != 0:
         sys.exit(f"{' '.join(map(str, cmd))} failed:\n{proc.stderr[-2000:]}")
     return wall
-
-
-def records(db):
-    env = lmdb.open(str(db), readonly=True, lock=False)
-    with env.begin() as txn:
-        out = list(txn.cursor())
-    env.close()
-    return out
 
 
 def machine():
@@ -133,12 +126,12 @@ def main():
                 times[name].append(timed([*cmd, db], env))
                 print(f"run {r + 1}: {name}: {times[name][-1]:.2f} s",
                       file=sys.stderr)
-        same = records(work / "db1") == records(work / "db2") == \
-            records(work / "db3")
+        same = (list(lmdbio.records(work / "db1")) ==
+                list(lmdbio.records(work / "db2")) ==
+                list(lmdbio.records(work / "db3")))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    stock = statistics.median(times["convert_imageset (stock)"])
     result = {
         "date": datetime.date.today().isoformat(),
         "machine": machine(),

@@ -267,23 +267,28 @@ def _open(db_path):
         raise JcdlError(db_path, f"not an LMDB ({e})") from None
 
 
-def iter_datums(db_path):
-    """Yields (key, Datum) in key order; key is a str."""
-    pb2 = proto()
+def records(db_path):
+    """Yields (key, value) as bytes, in key order: the records as stored."""
     env = _open(db_path)
     try:
         with env.begin(buffers=False) as txn:
-            for key, value in txn.cursor():
-                name = key.decode("utf-8", "surrogateescape")
-                datum = pb2.Datum()
-                try:
-                    datum.ParseFromString(value)
-                except Exception:  # noqa: BLE001  (protobuf's DecodeError)
-                    raise JcdlError(db_path, f"record {name} is not a Caffe "
-                                    "Datum") from None
-                yield name, datum
+            yield from txn.cursor()
     finally:
         env.close()
+
+
+def iter_datums(db_path):
+    """Yields (key, Datum) in key order; key is a str."""
+    pb2 = proto()
+    for key, value in records(db_path):
+        name = key.decode("utf-8", "surrogateescape")
+        datum = pb2.Datum()
+        try:
+            datum.ParseFromString(value)
+        except Exception:  # noqa: BLE001  (protobuf's DecodeError)
+            raise JcdlError(db_path, f"record {name} is not a Caffe "
+                            "Datum") from None
+        yield name, datum
 
 
 def datum_image(datum, where="datum"):

@@ -218,7 +218,7 @@ def case_emotion6(root, kind):
     elif kind == "columns":
         lines[2] = "\t".join(lines[2].split("\t")[:-1]) + "\n"
         gt.write_text("".join(lines))
-    elif kind in ("nan", "negative", "zero", "valence"):
+    elif kind in ("nan", "negative", "zero", "valence", "arousal"):
         cols = lines[3].split("\t")
         if kind == "nan":
             cols[5] = "nan"
@@ -226,6 +226,8 @@ def case_emotion6(root, kind):
             cols[5] = "-0.1"
         elif kind == "valence":
             cols[1] = "high"
+        elif kind == "arousal":
+            cols[2] = "1_0"  # Python's float() reads it; strtod does not
         else:
             cols[3:] = ["0"] * 6 + ["0.0\n"]
         lines[3] = "\t".join(cols)
@@ -243,6 +245,7 @@ EMOTION6_ERRORS = {
     "columns": ("ground_truth.txt:3: 9 columns, expected 10",),
     "nan": ("ground_truth.txt:4: 'nan' is not a finite number",),
     "valence": ("ground_truth.txt:4: 'high' is not a finite number",),
+    "arousal": ("ground_truth.txt:4: '1_0' is not a finite number",),
     "negative": ("ground_truth.txt:4: negative value -0.1",),
     "zero": ("ground_truth.txt:4: all values are zero",),
     "missing image": ("ground_truth.txt:3: image not found: "

@@ -35,8 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import (JcdlError, atomic_output, format_row, parse_values,
-                     read_distribution_rows, read_lines, to_distribution)
+from .common import (JcdlError, atomic_output, format_row, parse_number,
+                     parse_values, read_distribution_rows, read_lines,
+                     to_distribution)
 
 EMOTION6_CLASSES = ("anger", "disgust", "fear", "joy", "sadness", "surprise",
                     "neutral")
@@ -90,12 +91,8 @@ def read_emotion6(path):
         if len(tokens) != want:
             _columns_error(path, line, len(tokens), want, "image, valence, "
                            "arousal, 7 probabilities", newline)
-        for tok in tokens[1:3]:
-            try:
-                ok = np.isfinite(float(tok))
-            except ValueError:
-                ok = False
-            if not ok:
+        for tok in tokens[1:3]:  # valence, arousal: numbers, any sign
+            if parse_number(tok) is None:
                 raise JcdlError(path, f"'{tok}' is not a finite number", line)
         values = parse_values(tokens[3:], path, line)
         names.append(tokens[0])

@@ -12,6 +12,7 @@
 #        BUILD_DIR=dir     build here instead of build/<flavour> (e.g. the GPU
 #                          pack's build/cuda-pack, see bench/gpu/README.md)
 #        CAFFE_CMAKE_ARGS  more CMake options ("-DUSE_OPENCV=OFF ...")
+#        CONFIGURE_ONLY=1  stop after CMake's configure step (cmake.log)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -124,6 +125,7 @@ if [ "$(cat "$out/.overlay-stamp" 2>/dev/null)" != "$cfg_stamp" ] || [ ! -f "$bi
     || { tail -30 "$out/cmake.log" >&2; log "cmake failed, full log: $out/cmake.log"; exit 1; }
   echo "$cfg_stamp" > "$out/.overlay-stamp"
 fi
+[ "${CONFIGURE_ONLY:-0}" = 1 ] && { log "configured $flavour build in $bin"; exit 0; }
 
 # 4. build (ccache keys on paths relative to the project, so fresh clones reuse it)
 export CCACHE_BASEDIR=$root

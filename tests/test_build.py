@@ -49,3 +49,30 @@ def test_rebuild_with_nothing_changed_does_nothing():
     out = proc.stdout + proc.stderr
     assert "configuring" not in out and "patch 0" not in out
     assert "Building CXX" not in out and "Linking" not in out
+
+
+def test_cuda_build_with_cudnn_9_configures(tmp_path):
+    """The CUDA flavour with USE_CUDNN=1 finds this machine's cuDNN 9 (its
+    version macros moved to cudnn_version.h in cuDNN 8: patch 0007) and the
+    CUDA 13 nvcc flags; the compile itself (about 30 minutes) is the GPU
+    issue's, not CI's."""
+    cuda = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
+    assert (cuda / "bin" / "nvcc").is_file(), \
+        f"the CUDA toolkit is part of this project's set-up: no {cuda}/bin/nvcc"
+    out = tmp_path / "b"
+    proc = build("cuda", env={"BUILD_DIR": str(out), "USE_CUDNN": "1",
+                              "CONFIGURE_ONLY": "1",
+                              "CAFFE_CMAKE_ARGS": "-DBUILD_python=OFF"})
+    log = (out / "cmake.log").read_text() if (out / "cmake.log").exists() \
+        else ""
+    assert proc.returncode == 0, proc.stderr[-2000:] + log[-2000:]
+    assert "configured cuda build" in proc.stderr
+    summary = {line[2:].split(":")[0].strip(): line.split(":", 1)[1].strip()
+               for line in log.splitlines()
+               if line.startswith("--   ") and ":" in line}
+    assert summary["cuDNN"].startswith("Yes (ver. 9."), summary.get("cuDNN")
+    assert summary["CPU_ONLY"] == "OFF"
+    cache = (out / "build" / "CMakeCache.txt").read_text()
+    assert "CUDA_ARCH_BIN:STRING=90" in cache
+    assert "-static-global-template-stub=false" in cache
+    assert not (out / "build" / "lib").exists()  # configured, not built

@@ -267,8 +267,12 @@ def test_run_h200_writes_its_result_files(tmp_path):
                 "physical_limit"):
         assert key in t
     assert t["batch"] == 32 and t["caffe_img_per_s"] == pytest.approx(800)
-    assert set(t["caffe_variants"]) == {"default", "cudnn_ws1024",
-                                        "cudnn_no_tf32", "caffe_engine"}
+    assert set(t["caffe_variants"]) == {
+        "default", "cudnn_ws64", "cudnn_ws256", "cudnn_ws1024",
+        "cudnn_no_tf32", "caffe_engine"}
+    ws = t["caffe_variants"]["cudnn_ws256"]["settings"]
+    assert ws["env"] == "CAFFE_CUDNN_WORKSPACE_MB=256"
+    assert ws["cudnn_workspace_limit_mib"] == "256"
     assert t["caffe_settings"]["variant"]["engine"] == "cudnn"
     assert t["physical_limit"]["caffe_share"] == pytest.approx(
         800 * 46.5e9 / 495e12, rel=1e-3)

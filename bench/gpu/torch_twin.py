@@ -91,9 +91,10 @@ def precision_settings():
     return s
 
 
-def run_variant(name, batch, classes, warmup, iters):
+def run_variant(name, batch, classes, warmup, iters, device="cuda"):
     import torch
-    device = torch.device("cuda")
+    device = torch.device(device)
+    cuda = device.type == "cuda"
     old_benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = name == "fp32_benchmark"
     try:
@@ -111,7 +112,7 @@ def run_variant(name, batch, classes, warmup, iters):
         def step():
             opt.zero_grad(set_to_none=True)
             if name == "bf16_channels_last":
-                with torch.autocast("cuda", dtype=torch.bfloat16):
+                with torch.autocast(device.type, dtype=torch.bfloat16):
                     logits = model(x)
             else:
                 logits = model(x)
@@ -124,16 +125,23 @@ def run_variant(name, batch, classes, warmup, iters):
         t0 = time.perf_counter()
         for _ in range(warmup):
             loss = step()
-        torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize()
         warmup_s = time.perf_counter() - t0
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(iters):
-            loss = step()
-        end.record()
-        end.synchronize()
-        ms = start.elapsed_time(end) / iters
+        if cuda:  # CUDA events around the timed steps
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(iters):
+                loss = step()
+            end.record()
+            end.synchronize()
+            ms = start.elapsed_time(end) / iters
+        else:  # --device cpu: a check of this script, not a benchmark
+            t1 = time.perf_counter()
+            for _ in range(iters):
+                loss = step()
+            ms = 1000.0 * (time.perf_counter() - t1) / iters
         return {"ms_per_iter": round(ms, 4),
                 "img_per_s": round(batch * 1000.0 / ms, 2),
                 "final_loss": float(loss), "warmup_s": round(warmup_s, 2),
@@ -142,7 +150,8 @@ def run_variant(name, batch, classes, warmup, iters):
                 "channels_last": channels_last}
     finally:
         torch.backends.cudnn.benchmark = old_benchmark
-        torch.cuda.empty_cache()
+        if cuda:
+            torch.cuda.empty_cache()
 
 
 def main(argv=None):
@@ -154,6 +163,9 @@ def main(argv=None):
     ap.add_argument("--variants", default=",".join(VARIANTS),
                     help=f"comma-separated, from {', '.join(VARIANTS)}")
     ap.add_argument("--json", help="write the result here (default stdout)")
+    ap.add_argument("--device", default="cuda",
+                    help="cuda (default), or cpu to check this script on a "
+                         "machine without a GPU (with a small --batch)")
     args = ap.parse_args(argv)
     names = [v for v in args.variants.split(",") if v]
     bad = [v for v in names if v not in VARIANTS]
@@ -167,11 +179,12 @@ def main(argv=None):
         print(f"torch_twin.py: {e} (torch and torchvision are needed)",
               file=sys.stderr)
         return 1
-    if not torch.cuda.is_available():
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
         print("torch_twin.py: no CUDA device", file=sys.stderr)
         return 1
     result = {
-        "device": torch.cuda.get_device_name(0),
+        "device": torch.cuda.get_device_name(0) if cuda else args.device,
         "torch": torch.__version__, "torchvision": torchvision.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version(),
@@ -189,7 +202,8 @@ def main(argv=None):
     for name in names:
         try:
             result["variants"][name] = run_variant(
-                name, args.batch, args.classes, args.warmup, args.iters)
+                name, args.batch, args.classes, args.warmup, args.iters,
+                args.device)
         except Exception as e:  # keep the others
             result["variants"][name] = {"error": f"{type(e).__name__}: {e}"}
         print(f"torch_twin: {name}: {result['variants'][name]}",

@@ -251,7 +251,8 @@ def stub_pack(path):
 def test_run_h200_writes_its_result_files(tmp_path):
     pack, out = tmp_path / "pack", tmp_path / "out"
     stub_pack(pack)
-    env = dict(os.environ, OUT=str(out), BUDGET_S="300", SHARDS="3")
+    env = dict(os.environ, OUT=str(out), BUDGET_S="300", SHARDS="3",
+               WORKERS="2")
     # the GPU machine's python3 has torch; here the twin fails, and the
     # results say so (torch_img_per_s null) instead of the run stopping
     proc = subprocess.run([str(BENCH / "run_h200.sh"), str(pack)], cwd=ROOT,
@@ -285,3 +286,36 @@ def test_run_h200_writes_its_result_files(tmp_path):
     assert gtest.count("######## gtest ") == 2 + 3
     assert gtest.count("[  PASSED  ] 2 tests.") == 5
     assert "GTEST_TOTAL_SHARDS=3 GTEST_SHARD_INDEX=2" in gtest
+    assert "not run" not in gtest
+
+
+def run_gtest_only(tmp_path, **env):
+    pack, out = tmp_path / "pack", tmp_path / "out"
+    stub_pack(pack)
+    env = dict(os.environ, OUT=str(out), PARTS="gtest", SHARDS="3", **env)
+    proc = subprocess.run([str(BENCH / "run_h200.sh"), str(pack)], cwd=ROOT,
+                          env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not (out / "h200-train-throughput.json").exists()  # no bench
+    return proc.stdout, (out / "h200-gtest.txt").read_text()
+
+
+def test_run_h200_follow_up_runs_only_the_named_gtest_jobs(tmp_path):
+    log, gtest = run_gtest_only(tmp_path, BUDGET_S="300",
+                                JOBS="upstream-1 ours")
+    heads = [l for l in gtest.splitlines() if l.startswith("########")]
+    assert [h.split(":")[0] for h in heads] == [
+        "######## gtest upstream-1", "######## gtest ours"]
+    assert "GTEST_TOTAL_SHARDS=3 GTEST_SHARD_INDEX=1" in gtest
+    assert "2 passed, 0 did not pass, 0 not run" in log
+
+
+def test_run_h200_names_the_gtest_jobs_it_had_no_time_for(tmp_path):
+    # 20 s of budget, and a job needs 45 s left to start: none starts
+    log, gtest = run_gtest_only(tmp_path, BUDGET_S="20", MIN_JOB_S="45")
+    assert gtest.strip() == ("######## gtest not run (no time left in this "
+                             "run): ours cudnn upstream-0 upstream-1 "
+                             "upstream-2")
+    assert ('PARTS=gtest JOBS="ours cudnn upstream-0 upstream-1 upstream-2"'
+            ' SHARDS=3') in log

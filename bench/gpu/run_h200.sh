@@ -18,9 +18,16 @@
 #   h200-raw.tar.gz             the raw logs behind the JSON files
 #
 # usage: bench/gpu/run_h200.sh [PACK]   (PACK: default gpu_pack)
-# env:   OUT=DIR (default /tmp/h200-out), BUDGET_S=450 (seconds for the whole
-#        run; the gtest shards get what the benchmarks leave), SHARDS=14
-#        (upstream's shards, run in parallel with ours)
+# env:   OUT=DIR (default /tmp/h200-out)
+#        BUDGET_S=450   seconds for the whole run; the gtest jobs get what
+#                       the benchmarks leave, and a job that would not end
+#                       before then is not started (the log names it)
+#        PARTS="bench gtest"   what to run (gtest alone: a follow-up run)
+#        JOBS="ours cudnn upstream-0 ..."   the gtest jobs (default: all);
+#                       a follow-up run gets the list the last run printed
+#        SHARDS=42      upstream's tests in this many gtest shards
+#        WORKERS=14     gtest processes side by side (one OpenBLAS thread
+#                       each)
 set -uo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -28,7 +35,9 @@ cd "$root" || exit 1
 pack=${1:-gpu_pack}
 OUT=${OUT:-/tmp/h200-out}
 budget=${BUDGET_S:-450}
-shards=${SHARDS:-14}
+parts=${PARTS:-bench gtest}
+shards=${SHARDS:-42}
+workers=${WORKERS:-14}
 mkdir -p "$OUT"
 work=$(mktemp -d /tmp/h200-work.XXXXXX)
 t0=$(date +%s)
@@ -72,6 +81,12 @@ main() {
   "$pack/run" caffe device_query -gpu 0 > "$work/device_query.log" 2>&1
   grep -E "Device id|Major revision|Total global memory|Name" "$work/device_query.log" | sed 's/^.*\] //'
 
+  [[ " $parts " == *" bench "* ]] && bench
+  [[ " $parts " == *" gtest "* ]] && gtest_jobs
+  return 0
+}
+
+bench() {
   # --- Caffe training throughput: caffe train, per variant --------------
   variants="default"
   [ "$cudnn" = ON ] && variants="default cudnn_ws64 cudnn_ws256 cudnn_ws1024 cudnn_no_tf32 caffe_engine"
@@ -127,59 +142,91 @@ print("VARIANTS", {k: v.get("img_per_s") for k, v in t.get("caffe_variants", {})
 print("LOSS", {k: l.get(k) for k in ("loss_layers_ms_gpu", "loss_layers_ms_cpu_original_way", "share_of_iteration", "share_of_train_step", "cpu_over_gpu_isolated", "cpu_over_gpu_in_net", "error")})
 EOF
 
-  # --- gtest: ours, cuDNN's, upstream's shards, side by side ------------
-  local left=$(( budget - $(elapsed) - 20 ))
-  [ $left -gt 240 ] && left=240
-  if [ $left -lt 30 ]; then
-    say "no time left for the gtest suite (budget ${budget}s)"
-    return 0
-  fi
+}
+
+# --- gtest: ours, cuDNN's and upstream's shards, WORKERS at a time ------
+# Each job's complete output goes into h200-gtest.txt under a line saying
+# its filter, exit status and time. A job is started only while at least
+# MIN_JOB_S of the budget is left, and is stopped at the budget's end (its
+# output then says TIMED OUT); the jobs not run are listed, with the JOBS=
+# that runs just them.
+gtest_jobs() {
+  local deadline=$(( t0 + budget - 15 )) min_job=${MIN_JOB_S:-45}
   if [ ! -x "$pack/bin/test.testbin" ]; then
     say "the pack has no test.testbin: no gtest run"
     echo "no test.testbin in the pack" > "$OUT/h200-gtest.txt"
     return 0
   fi
-  say "gtest: ours, cuDNN's and $shards upstream shards in parallel, ${left}s each at most"
-  local names=() pids=()
-  gtest_shard() {  # NAME FILTER [INDEX]
-    local name=$1 filter=$2 index=${3:-}
+  local jobs=${JOBS:-}
+  if [ -z "$jobs" ]; then
+    jobs="ours cudnn"
+    for ((i = 0; i < shards; i++)); do jobs+=" upstream-$i"; done
+  fi
+  say "gtest: $(echo $jobs | wc -w) jobs, $workers at a time, until $(( deadline - t0 ))s"
+  mkdir -p "$work/claims"
+  local w pids=()
+  for ((w = 0; w < workers; w++)); do
+    gtest_worker "$deadline" "$min_job" $jobs &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+
+  : > "$OUT/h200-gtest.txt"
+  local n failed=0 passed=0 left=()
+  for n in $jobs; do
+    if [ ! -f "$work/gtest-$n.rc" ]; then left+=("$n"); continue; fi
+    local rc secs
+    read -r rc secs < "$work/gtest-$n.rc"
+    local state="exit $rc"
+    [ "$rc" = 124 ] || [ "$rc" = 137 ] && state="TIMED OUT at the budget's end (exit $rc): output cut off"
+    {
+      echo "######## gtest $n: $(job_what "$n"); $state; ${secs}s"
+      cat "$work/gtest-$n.txt"
+      echo
+    } >> "$OUT/h200-gtest.txt"
+    say "gtest $n: $state, ${secs}s: $(grep -E "^\[  (PASSED|FAILED)  \]|tests? from .* ran" "$work/gtest-$n.txt" | tr '\n' ' ')"
+    if [ "$rc" = 0 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+  done
+  if [ ${#left[@]} -gt 0 ]; then
+    echo "######## gtest not run (no time left in this run): ${left[*]}" >> "$OUT/h200-gtest.txt"
+    say "gtest not run, no time left: run them with PARTS=gtest JOBS=\"${left[*]}\" SHARDS=$shards"
+  fi
+  say "gtest: $passed passed, $failed did not pass, ${#left[@]} not run"
+  grep -h "^\[  FAILED  \] [A-Za-z]" "$work"/gtest-*.txt 2>/dev/null | sort -u | head -40
+  return 0
+}
+
+# gtest_worker DEADLINE MIN_JOB_S JOB...: runs each job no other worker has
+# claimed (mkdir is atomic), while time is left
+gtest_worker() {
+  local deadline=$1 min_job=$2 n; shift 2
+  for n in "$@"; do
+    mkdir "$work/claims/$n" 2>/dev/null || continue
+    local now; now=$(date +%s)
+    if [ $(( deadline - now )) -lt "$min_job" ]; then rmdir "$work/claims/$n"; return 0; fi
+    local filter index=""
+    case $n in
+      ours) filter=$OURS ;;
+      cudnn) filter=$CUDNN ;;
+      upstream-*) filter="-$OURS:$CUDNN" index=${n#upstream-} ;;
+      *) echo "unknown gtest job $n" > "$work/gtest-$n.txt"; echo "2 0" > "$work/gtest-$n.rc"; continue ;;
+    esac
     (
       cd "$pack" || exit 2
       export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 GTEST_COLOR=no
       if [ -n "$index" ]; then export GTEST_TOTAL_SHARDS=$shards GTEST_SHARD_INDEX=$index; fi
-      s=$(date +%s)
-      timeout -k 5 "$left" ./run test.testbin --gtest_filter="$filter" > "$work/gtest-$name.txt" 2>&1
-      echo "$? $(( $(date +%s) - s ))" > "$work/gtest-$name.rc"
-    ) &
-    names+=("$name"); pids+=($!)
-  }
-  gtest_shard ours "$OURS"
-  gtest_shard cudnn "$CUDNN"
-  for ((i = 0; i < shards; i++)); do
-    gtest_shard "upstream-$i" "-$OURS:$CUDNN" "$i"
+      timeout -k 5 $(( deadline - now )) ./run test.testbin --gtest_filter="$filter" > "$work/gtest-$n.txt" 2>&1
+      echo "$? $(( $(date +%s) - now ))" > "$work/gtest-$n.rc"
+    )
   done
-  wait "${pids[@]}"
-  : > "$OUT/h200-gtest.txt"
-  local failed=0
-  for n in "${names[@]}"; do
-    read -r rc secs < "$work/gtest-$n.rc" || { rc="?"; secs="?"; }
-    local what="ours ($OURS), CPU and GPU, float and double"
-    [ "$n" = cudnn ] && what="cuDNN layers ($CUDNN)"
-    [[ $n == upstream-* ]] && what="upstream shard ${n#upstream-} of $shards (filter -$OURS:$CUDNN, GTEST_TOTAL_SHARDS=$shards GTEST_SHARD_INDEX=${n#upstream-})"
-    local state="exit $rc"
-    [ "$rc" = 124 ] || [ "$rc" = 137 ] && state="TIMED OUT after ${left}s (exit $rc): output cut off"
-    {
-      echo "######## gtest $n: $what; $state; ${secs}s"
-      cat "$work/gtest-$n.txt"
-      echo
-    } >> "$OUT/h200-gtest.txt"
-    local summary
-    summary=$(grep -E "^\[  (PASSED|FAILED)  \]|tests? from .* ran" "$work/gtest-$n.txt" | tr '\n' ' ')
-    say "gtest $n: $state, ${secs}s: $summary"
-    [ "$rc" = 0 ] || failed=$((failed + 1))
-  done
-  say "gtest: $failed of ${#names[@]} runs did not pass"
-  grep -h "^\[  FAILED  \] [A-Za-z]" "$work"/gtest-*.txt | sort -u | head -40
+}
+
+job_what() {
+  case $1 in
+    ours) echo "ours ($OURS), CPU and GPU, float and double" ;;
+    cudnn) echo "cuDNN layers ($CUDNN)" ;;
+    upstream-*) echo "upstream shard ${1#upstream-} of $shards (filter -$OURS:$CUDNN, GTEST_TOTAL_SHARDS=$shards GTEST_SHARD_INDEX=${1#upstream-})" ;;
+  esac
 }
 
 main 2>&1 | tee "$OUT/h200-run.log"

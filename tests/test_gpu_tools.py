@@ -241,7 +241,7 @@ def stub_pack(path):
                  esac ;;
           loss_layers_bench) cat "$here/loss.json" ;;
           test.testbin)
-            echo "[==========] Running 2 tests ($* ${GTEST_SHARD_INDEX:-})"
+            echo "[==========] Running 2 tests ($* ${GTEST_SHARD_INDEX:-} find=$CAFFE_CUDNN_FIND)"
             echo "[  PASSED  ] 2 tests." ;;
         esac
         """))
@@ -269,11 +269,14 @@ def test_run_h200_writes_its_result_files(tmp_path):
         assert key in t
     assert t["batch"] == 32 and t["caffe_img_per_s"] == pytest.approx(800)
     assert set(t["caffe_variants"]) == {
-        "default", "cudnn_ws64", "cudnn_ws256", "cudnn_ws1024",
-        "cudnn_no_tf32", "caffe_engine"}
+        "default", "cudnn_ws64", "cudnn_ws256", "cudnn_ws1024", "cudnn_find",
+        "cudnn_find_ws1024", "cudnn_no_tf32", "caffe_engine"}
     ws = t["caffe_variants"]["cudnn_ws256"]["settings"]
     assert ws["env"] == "CAFFE_CUDNN_WORKSPACE_MB=256"
     assert ws["cudnn_workspace_limit_mib"] == "256"
+    find = t["caffe_variants"]["cudnn_find_ws1024"]["settings"]
+    assert find["env"] == "CAFFE_CUDNN_FIND=1 CAFFE_CUDNN_WORKSPACE_MB=1024"
+    assert find["cudnn_algorithm_choice"] == "measured"
     assert t["caffe_settings"]["variant"]["engine"] == "cudnn"
     assert t["physical_limit"]["caffe_share"] == pytest.approx(
         800 * 46.5e9 / 495e12, rel=1e-3)
@@ -283,8 +286,10 @@ def test_run_h200_writes_its_result_files(tmp_path):
     assert loss["share_of_train_step"] == pytest.approx(0.04 / 40)
     assert loss["goals"]["share_met"] and loss["goals"]["speedup_met"]
     gtest = (out / "h200-gtest.txt").read_text()
-    assert gtest.count("######## gtest ") == 2 + 3
-    assert gtest.count("[  PASSED  ] 2 tests.") == 5
+    assert gtest.count("######## gtest ") == 3 + 3
+    assert gtest.count("[  PASSED  ] 2 tests.") == 6
+    assert "CAFFE_CUDNN_FIND=1" in gtest
+    assert gtest.count("find=1)") == 1 and gtest.count("find=0)") == 5
     assert "GTEST_TOTAL_SHARDS=3 GTEST_SHARD_INDEX=2" in gtest
     assert "not run" not in gtest
 
@@ -315,7 +320,7 @@ def test_run_h200_names_the_gtest_jobs_it_had_no_time_for(tmp_path):
     # 20 s of budget, and a job needs 45 s left to start: none starts
     log, gtest = run_gtest_only(tmp_path, BUDGET_S="20", MIN_JOB_S="45")
     assert gtest.strip() == ("######## gtest not run (no time left in this "
-                             "run): ours cudnn upstream-0 upstream-1 "
-                             "upstream-2")
-    assert ('PARTS=gtest JOBS="ours cudnn upstream-0 upstream-1 upstream-2"'
-            ' SHARDS=3') in log
+                             "run): ours cudnn cudnn-find upstream-0 "
+                             "upstream-1 upstream-2")
+    assert ('PARTS=gtest JOBS="ours cudnn cudnn-find upstream-0 upstream-1 '
+            'upstream-2" SHARDS=3') in log

@@ -89,17 +89,21 @@ main() {
 bench() {
   # --- Caffe training throughput: caffe train, per variant --------------
   variants="default"
-  [ "$cudnn" = ON ] && variants="default cudnn_ws64 cudnn_ws256 cudnn_ws1024 cudnn_no_tf32 caffe_engine"
+  [ "$cudnn" = ON ] && variants="default cudnn_ws64 cudnn_ws256 cudnn_ws1024 cudnn_find cudnn_find_ws1024 cudnn_no_tf32 caffe_engine"
   for v in $variants; do
     solver=bench/gpu/solver_b32.prototxt engine=cudnn env=() ws=8 tf32=allowed
-    [ "$cudnn" = ON ] || { engine=caffe ws="" tf32=off; }
+    choice=heuristics
+    [ "$cudnn" = ON ] || { engine=caffe ws="" tf32=off choice=""; }
     case $v in
       cudnn_ws*) ws=${v#cudnn_ws}; env=(CAFFE_CUDNN_WORKSPACE_MB=$ws) ;;
+      cudnn_find) env=(CAFFE_CUDNN_FIND=1) choice=measured ;;
+      cudnn_find_ws*) ws=${v#cudnn_find_ws}; env=(CAFFE_CUDNN_FIND=1 CAFFE_CUDNN_WORKSPACE_MB=$ws) choice=measured ;;
       cudnn_no_tf32) env=(NVIDIA_TF32_OVERRIDE=0) tf32=off ;;
-      caffe_engine) solver=bench/gpu/solver_b32_caffe.prototxt engine=caffe ws="" tf32=off ;;
+      caffe_engine) solver=bench/gpu/solver_b32_caffe.prototxt engine=caffe ws="" tf32=off choice="" ;;
     esac
     printf '%s\n' "engine=$engine" "solver=$solver" "env=${env[*]:-}" \
-      "cudnn_workspace_limit_mib=$ws" "tf32_convolutions=$tf32" > "$work/train-$v.env"
+      "cudnn_workspace_limit_mib=$ws" "cudnn_algorithm_choice=$choice" \
+      "tf32_convolutions=$tf32" > "$work/train-$v.env"
     say "caffe train: $v (${env[*]:-} $solver)"
     limited 120 "$work/train-$v.log" env "${env[@]}" "$pack/run" caffe train --solver="$solver" -gpu 0
     grep -E "iter/s" "$work/train-$v.log" | tail -3 | sed 's/^.*\] //'
@@ -159,7 +163,7 @@ gtest_jobs() {
   fi
   local jobs=${JOBS:-}
   if [ -z "$jobs" ]; then
-    jobs="ours cudnn"
+    jobs="ours cudnn cudnn-find"
     for ((i = 0; i < shards; i++)); do jobs+=" upstream-$i"; done
   fi
   say "gtest: $(echo $jobs | wc -w) jobs, $workers at a time, until $(( deadline - t0 ))s"
@@ -204,16 +208,17 @@ gtest_worker() {
     mkdir "$work/claims/$n" 2>/dev/null || continue
     local now; now=$(date +%s)
     if [ $(( deadline - now )) -lt "$min_job" ]; then rmdir "$work/claims/$n"; return 0; fi
-    local filter index=""
+    local filter index="" find=0
     case $n in
       ours) filter=$OURS ;;
       cudnn) filter=$CUDNN ;;
+      cudnn-find) filter=$CUDNN find=1 ;;
       upstream-*) filter="-$OURS:$CUDNN" index=${n#upstream-} ;;
       *) echo "unknown gtest job $n" > "$work/gtest-$n.txt"; echo "2 0" > "$work/gtest-$n.rc"; continue ;;
     esac
     (
       cd "$pack" || exit 2
-      export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 GTEST_COLOR=no
+      export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 GTEST_COLOR=no CAFFE_CUDNN_FIND=$find
       if [ -n "$index" ]; then export GTEST_TOTAL_SHARDS=$shards GTEST_SHARD_INDEX=$index; fi
       timeout -k 5 $(( deadline - now )) ./run test.testbin --gtest_filter="$filter" > "$work/gtest-$n.txt" 2>&1
       echo "$? $(( $(date +%s) - now ))" > "$work/gtest-$n.rc"
@@ -224,7 +229,8 @@ gtest_worker() {
 job_what() {
   case $1 in
     ours) echo "ours ($OURS), CPU and GPU, float and double" ;;
-    cudnn) echo "cuDNN layers ($CUDNN)" ;;
+    cudnn) echo "cuDNN layers ($CUDNN), algorithms by cuDNN's heuristics" ;;
+    cudnn-find) echo "cuDNN layers ($CUDNN), algorithms measured (CAFFE_CUDNN_FIND=1)" ;;
     upstream-*) echo "upstream shard ${1#upstream-} of $shards (filter -$OURS:$CUDNN, GTEST_TOTAL_SHARDS=$shards GTEST_SHARD_INDEX=${1#upstream-})" ;;
   esac
 }

@@ -14,6 +14,9 @@
 #   src/caffe/test/test_data/, examples/images/
 #                the files upstream's tests open by relative path: run the
 #                tests with this folder as the working directory
+#   bench_lmdb/  the LMDB of the benchmark's lmdb net (48 random images,
+#                bench/gpu/make_prototxts.py --lmdb), which reads it as
+#                gpu_pack/bench_lmdb from the repository root
 #   run          the launcher: run TOOL ARGS... sets LD_LIBRARY_PATH (this
 #                lib/, the CUDA toolkit, cuDNN's pip wheel) and runs bin/TOOL
 #   BUILD_INFO   the build's options, the packed files and the size
@@ -121,7 +124,16 @@ for f in cat.jpg fish-bike.jpg; do
   cp "$build/src/examples/images/$f" "$stage/examples/images/"
 done
 
-# 5. the launcher
+# 5. the lmdb benchmark net's data, written by jcdl's converter
+py=$root/.venv/bin/python
+[ -x "$py" ] || die "$py is missing: run make first (pycaffe and jcdl write" \
+  "the benchmark's LMDB)"
+"$py" bench/gpu/make_prototxts.py --lmdb "$stage/bench_lmdb" >&2 \
+  || die "writing the benchmark's LMDB failed"
+[ "$(basename "$out")" = gpu_pack ] || echo "$me: the lmdb benchmark net" \
+  "reads gpu_pack/bench_lmdb; this pack is $out" >&2
+
+# 6. the launcher
 cat > "$stage/run" <<'EOF'
 #!/usr/bin/env bash
 # usage: run TOOL [ARGS...]   TOOL: caffe, test.testbin or loss_layers_bench
@@ -156,7 +168,7 @@ exec "$here/bin/$tool" "$@"
 EOF
 chmod +x "$stage/run"
 
-# 6. what is in it, and its size
+# 7. what is in it, and its size
 bytes=$(du -sb "$stage" | cut -f1)
 mib=$(awk -v b="$bytes" 'BEGIN {printf "%.1f", b / 1048576}')
 {

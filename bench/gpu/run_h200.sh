@@ -90,9 +90,10 @@ bench() {
   # --- Caffe training throughput: caffe train, per variant --------------
   variants="default"
   [ "$cudnn" = ON ] && variants="default cudnn_ws64 cudnn_ws256 cudnn_ws1024 cudnn_find cudnn_find_ws1024 cudnn_no_tf32 caffe_engine"
+  variants+=" lmdb"
   for v in $variants; do
     solver=bench/gpu/solver_b32.prototxt engine=cudnn env=() ws=8 tf32=allowed
-    choice=heuristics
+    choice=heuristics data=constant
     [ "$cudnn" = ON ] || { engine=caffe ws="" tf32=off choice=""; }
     case $v in
       cudnn_ws*) ws=${v#cudnn_ws}; env=(CAFFE_CUDNN_WORKSPACE_MB=$ws) ;;
@@ -100,9 +101,12 @@ bench() {
       cudnn_find_ws*) ws=${v#cudnn_find_ws}; env=(CAFFE_CUDNN_FIND=1 CAFFE_CUDNN_WORKSPACE_MB=$ws) choice=measured ;;
       cudnn_no_tf32) env=(NVIDIA_TF32_OVERRIDE=0) tf32=off ;;
       caffe_engine) solver=bench/gpu/solver_b32_caffe.prototxt engine=caffe ws="" tf32=off choice="" ;;
+      lmdb) solver=bench/gpu/solver_b32_lmdb.prototxt
+            data="lmdb: 48 random 256x256 images, crop 224, mirror, Caffe's prefetching Data layer"
+            [ -d gpu_pack/bench_lmdb ] || say "no gpu_pack/bench_lmdb: the lmdb variant fails (tools/pack_gpu.sh writes it)" ;;
     esac
     printf '%s\n' "engine=$engine" "solver=$solver" "env=${env[*]:-}" \
-      "cudnn_workspace_limit_mib=$ws" "cudnn_algorithm_choice=$choice" \
+      "cudnn_workspace_limit_mib=$ws" "cudnn_algorithm_choice=$choice" "data=$data" \
       "tf32_convolutions=$tf32" > "$work/train-$v.env"
     say "caffe train: $v (${env[*]:-} $solver)"
     limited 120 "$work/train-$v.log" env "${env[@]}" "$pack/run" caffe train --solver="$solver" -gpu 0

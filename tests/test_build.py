@@ -58,7 +58,7 @@ def test_cuda_build_with_cudnn_9_configures(tmp_path):
     issue's, not CI's."""
     cuda = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
     assert (cuda / "bin" / "nvcc").is_file(), \
-        f"the CUDA toolkit is part of this project's set-up: no {cuda}/bin/nvcc"
+        f"the CUDA toolkit is part of the set-up: no {cuda}/bin/nvcc"
     out = tmp_path / "b"
     proc = build("cuda", env={"BUILD_DIR": str(out), "USE_CUDNN": "1",
                               "CONFIGURE_ONLY": "1",

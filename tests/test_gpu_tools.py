@@ -237,6 +237,24 @@ def test_summaries_of_caffe_logs():
         1000 * 46.5e9 / 495e12, rel=1e-3)
 
 
+def test_choices_compare_variants_of_the_same_run():
+    v = {"default": {"img_per_s": 1000.0},
+         "caffe_engine": {"img_per_s": 250.0},
+         "cudnn_ws256": {"img_per_s": 1100.0},
+         "cudnn_ws1024": {"img_per_s": 1050.0},
+         "cudnn_find": {"img_per_s": 1200.0},
+         "cudnn_no_tf32": {"img_per_s": 500.0},
+         "lmdb": {"error": "no timed iterations"}}
+    c = summarize.choices(v)
+    assert c["cudnn_over_caffe_engine"] == 4.0
+    assert c["best_workspace_variant"] == "cudnn_ws256"
+    assert c["best_workspace_over_8mib"] == 1.1
+    assert c["measured_over_heuristics_8mib"] == 1.2
+    assert c["measured_over_heuristics_1024mib"] is None  # not measured
+    assert c["tf32_over_strict_fp32"] == 2.0
+    assert c["lmdb_over_constant_data"] is None           # failed
+
+
 LOSS_JSON = {
     "device": "stub", "model": "m", "iterations": 3, "reps": 10,
     "iteration_ms": {"gpu": {"median": 40.0, "mean": 40.1},
@@ -272,7 +290,8 @@ def stub_pack(path):
                  esac ;;
           loss_layers_bench) cat "$here/loss.json" ;;
           test.testbin)
-            echo "[==========] Running 2 tests ($* ${GTEST_SHARD_INDEX:-} find=$CAFFE_CUDNN_FIND)"
+            echo "[==========] Running 2 tests ($* ${GTEST_SHARD_INDEX:-}" \
+                 "find=$CAFFE_CUDNN_FIND)"
             echo "[  PASSED  ] 2 tests." ;;
         esac
         """))
@@ -299,6 +318,7 @@ def test_run_h200_writes_its_result_files(tmp_path):
                 "physical_limit"):
         assert key in t
     assert t["batch"] == 32 and t["caffe_img_per_s"] == pytest.approx(800)
+    assert t["caffe_choices"]["cudnn_over_caffe_engine"] == 1.0  # one log
     assert set(t["caffe_variants"]) == {
         "default", "cudnn_ws64", "cudnn_ws256", "cudnn_ws1024", "cudnn_find",
         "cudnn_find_ws1024", "cudnn_no_tf32", "caffe_engine", "lmdb"}

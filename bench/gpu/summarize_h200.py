@@ -135,6 +135,33 @@ def caffe_variants(work):
     return out
 
 
+def choices(variants):
+    """What the Caffe variants of one run say about the build's defaults,
+    each as a ratio of two speeds measured in that run (> 1: the first is
+    faster)."""
+    speed = {k: v["img_per_s"] for k, v in variants.items()
+             if v.get("img_per_s")}
+
+    def ratio(a, b):
+        return round(speed[a] / speed[b], 4) if a in speed and b in speed \
+            else None
+
+    workspaces = [k for k in ("default", "cudnn_ws64", "cudnn_ws256",
+                              "cudnn_ws1024") if k in speed]
+    best_ws = max(workspaces, key=speed.get) if workspaces else None
+    return {
+        "cudnn_over_caffe_engine": ratio("default", "caffe_engine"),
+        "best_workspace_variant": best_ws,
+        "best_workspace_over_8mib": ratio(best_ws, "default")
+        if best_ws else None,
+        "measured_over_heuristics_8mib": ratio("cudnn_find", "default"),
+        "measured_over_heuristics_1024mib": ratio("cudnn_find_ws1024",
+                                                  "cudnn_ws1024"),
+        "tf32_over_strict_fp32": ratio("default", "cudnn_no_tf32"),
+        "lmdb_over_constant_data": ratio("lmdb", "default"),
+    }
+
+
 def throughput(work):
     work = Path(work)
     build = read_kv(work / "BUILD_INFO")
@@ -194,6 +221,7 @@ def throughput(work):
         "torch_settings": {k: v for k, v in torch.items() if k != "variants"}
         | {"variant": tprim.get("settings"),
            "ms_per_iter": tprim.get("ms_per_iter")},
+        "caffe_choices": choices(variants),
         "caffe_variants": variants,
         "torch_variants": tvars,
         "caffe_profile": profiles,

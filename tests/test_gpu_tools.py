@@ -91,15 +91,21 @@ def test_bench_solver_runs_the_recipe_on_its_net(engine):
     assert s.max_iter >= summarize.WARMUP_ITERS + 3 * s.display
 
 
-def test_bench_net_builds_on_the_cpu_with_k_outputs(tmp_path):
-    """The committed net, shrunk to batch 2 of 32 x 32 images, builds and
-    runs forward and backward in pycaffe on the CPU."""
+def small_bench_net(tmp_path):
+    """The committed default net, shrunk to batch 2 of 32 x 32 images."""
     net = parse_net(BENCH / gen.net_name("default"))
     dummy = net.layer[0].dummy_data_param
     dummy.shape[0].dim[:] = [2, 3, 32, 32]
     dummy.shape[1].dim[0] = 2
     path = tmp_path / "small.prototxt"
     path.write_text(text_format.MessageToString(net))
+    return path
+
+
+def test_bench_net_builds_on_the_cpu_with_k_outputs(tmp_path):
+    """The committed net, shrunk, builds and runs forward and backward in
+    pycaffe on the CPU."""
+    path = small_bench_net(tmp_path)
     caffe.set_mode_cpu()
     n = caffe.Net(str(path), caffe.TRAIN)
     out = n.forward()
@@ -142,10 +148,47 @@ def test_lmdb_bench_net_trains_on_the_lmdb_it_is_given(tmp_path):
     assert np.isfinite(n.blobs["my_fc8"].diff).all()
 
 
+def test_loss_layers_bench_runs_on_the_cpu_build(tmp_path):
+    """loss_layers_bench, compiled as the pack compiles it but against the
+    CPU build, runs both ways (both on the CPU there) over the shrunk net
+    and prints the JSON summarize_h200.py reads."""
+    exe = tmp_path / "loss_layers_bench"
+    subprocess.run(["bash", str(BENCH / "build_loss_bench.sh"),
+                    str(ROOT / "build" / "cpu"), str(exe),
+                    str(ROOT / "build" / "cpu" / "build" / "lib")],
+                   check=True, timeout=600)
+    proc = subprocess.run([str(exe), str(small_bench_net(tmp_path)), "3",
+                           "7"], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, GLOG_log_dir=str(tmp_path)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    assert (out["iterations"], out["reps"]) == (3, 7)
+    assert out["device"] == "CPU (CPU_ONLY build)"
+    for way in ("gpu", "cpu"):
+        layers = out["layers_ms"][way]
+        assert {k: v["type"] for k, v in layers.items()} == {
+            "loss_kl": "SoftmaxWithKLLoss",
+            "loss_dominant": "SoftmaxWithDominantLoss"}
+        assert all(v["forward"] > 0 and v["backward"] > 0
+                   for v in layers.values())
+        assert 0 < out["share_of_iteration"][way] < 1
+        assert out["isolated_us"][way] > 0
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "loss_layers.json").write_text(proc.stdout)
+    summary = summarize.loss_layers(work)
+    assert "error" not in summary
+    assert summary["loss_layers_ms_gpu"] == out["loss_layers_ms"]["gpu"]
+    # without the usage it was given, the program says how to call it
+    bad = subprocess.run([str(exe)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "usage:" in bad.stderr
+
+
 def test_scripts_parse():
     for name in ("torch_twin", "summarize_h200", "make_prototxts"):
         py_compile.compile(str(BENCH / f"{name}.py"), doraise=True)
-    for script in (BENCH / "run_h200.sh", ROOT / "tools" / "pack_gpu.sh"):
+    for script in (BENCH / "run_h200.sh", BENCH / "build_loss_bench.sh",
+                   ROOT / "tools" / "pack_gpu.sh"):
         assert os.access(script, os.X_OK), f"{script} is not executable"
         subprocess.run(["bash", "-n", str(script)], check=True)
     assert (BENCH / "loss_layers_bench.cpp").is_file()

@@ -97,16 +97,8 @@ if echo "$carry" | grep -q '^libopencv'; then
 fi
 
 # 3. the loss-layer benchmark, with the defines and includes of the caffe tool
-flags=$bin/tools/CMakeFiles/caffe.bin.dir/flags.make
-[ -f "$flags" ] || die "$flags is missing: is $build a CMake build of Caffe?"
-get() { sed -n "s/^$1 = //p" "$flags"; }
-ccache=$(command -v ccache || true)
 echo "$me: compiling bench/gpu/loss_layers_bench.cpp" >&2
-# shellcheck disable=SC2046
-$ccache ${CXX:-g++} $(get CXX_DEFINES) $(get CXX_INCLUDES) $(get CXX_FLAGS) \
-  -o "$stage/bin/loss_layers_bench" bench/gpu/loss_layers_bench.cpp \
-  -Wl,--as-needed -L"$bin/lib" -lcaffe -lglog -lgflags -lprotobuf \
-  -lboost_system -L"$cuda/lib64" -lcudart -Wl,-rpath,'$ORIGIN/../lib' \
+bench/gpu/build_loss_bench.sh "$build" "$stage/bin/loss_layers_bench" \
   || die "compiling bench/gpu/loss_layers_bench.cpp failed"
 missing=$(ldd "$stage/bin/loss_layers_bench" | awk '/not found/ {print $1}')
 # shellcheck disable=SC2086

@@ -265,6 +265,42 @@ TIME_LOG = textwrap.dedent("""\
     """)
 
 
+def test_summaries_read_the_real_caffe_tools_logs(tmp_path):
+    """The display and timing lines summarize_h200.py parses are the ones
+    this Caffe prints: `caffe train` and `caffe time` of the CPU build on
+    the shrunk bench net."""
+    net = small_bench_net(tmp_path)
+    solver = text_format.Parse((BENCH / gen.solver_name("default")).read_text(),
+                               pb.SolverParameter())
+    solver.net = str(net)
+    solver.max_iter = summarize.WARMUP_ITERS + 2 * solver.display + 1
+    solver.solver_mode = pb.SolverParameter.CPU
+    (tmp_path / "solver.prototxt").write_text(
+        text_format.MessageToString(solver))
+    tool = str(ROOT / ".venv" / "bin" / "caffe")
+    env = dict(os.environ)
+    env.pop("GLOG_minloglevel", None)  # import_caffe's, in this process
+    train = subprocess.run([tool, "train", "--solver",
+                            str(tmp_path / "solver.prototxt")],
+                           capture_output=True, text=True, timeout=300,
+                           env=env)
+    assert train.returncode == 0, train.stderr[-2000:]
+    speed = summarize.parse_train_log(train.stderr, batch=2)
+    assert speed is not None, train.stderr[-2000:]
+    assert speed["iterations_timed"] == 2 * solver.display
+    assert speed["first_timed_iteration"] == summarize.WARMUP_ITERS
+    assert speed["img_per_s"] > 0 and speed["ms_per_iter"] > 0
+    time = subprocess.run([tool, "time", "-model", str(net), "-iterations",
+                           "2"], capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert time.returncode == 0, time.stderr[-2000:]
+    prof = summarize.parse_time_log(time.stderr)
+    assert prof["forward_backward_ms"] > 0
+    assert set(prof["layers"]["loss_kl"]) == {"forward", "backward"}
+    # every layer of the net (and the Split layers Caffe inserts)
+    assert {l.name for l in parse_net(net).layer} < set(prof["layers"])
+
+
 def test_summaries_of_caffe_logs():
     t = summarize.parse_train_log(TRAIN_LOG)
     # intervals ending at 30..70 cover iterations 20..69: 50 at 40 ms

@@ -47,9 +47,13 @@ def test_summary_matches_definitions_with_zeros():
     for name in metrics.MEASURES + ("accuracy",):
         assert got[name] == pytest.approx(np.mean([r[name] for r in refs]),
                                           abs=1e-12), name
-    assert got["clark_div_k"] == pytest.approx(got["clark"] / 8)
-    assert got["canberra_div_k"] == pytest.approx(got["canberra"] / 8)
-    assert got["n"] == 200 and got["k"] == 8
+    # the normalised forms of StyleEDL's metric code: the sum inside the
+    # square root divided by K, and Canberra's sum divided by K
+    assert got["clark_over_sqrt_k"] == pytest.approx(np.mean(
+        [math.sqrt(r["clark"] ** 2 / 8) for r in refs]), abs=1e-12)
+    assert got["canberra_over_k"] == pytest.approx(np.mean(
+        [r["canberra"] / 8 for r in refs]), abs=1e-12)
+    assert got["n"] == 200 and got["k"] == 8 and got["kl_infinite"] == 0
 
 
 def test_identical_distributions_are_perfect():
@@ -69,6 +73,30 @@ def test_tiny_predictions_stay_finite():
     assert all(math.isfinite(v) for v in got.values())
     assert got["kl"] == pytest.approx(0.5 * math.log(0.5 / 1e-30) / 2 +
                                       0.5 * math.log(0.5 / (1 - 2e-30)) / 2)
+
+
+def test_clark_of_values_below_the_square_underflow():
+    """(p - q)^2 and (p + q)^2 underflow to 0 below 1e-154; their ratio
+    does not: p = (0, 1), q = (1e-200, 1) has Clark 1, like Canberra."""
+    got = metrics.summary(np.array([[0.0, 1.0]]), np.array([[1e-200, 1.0]]))
+    assert got["clark"] == pytest.approx(1.0)
+    assert got["canberra"] == pytest.approx(1.0)
+
+
+def test_infinite_kl_is_null_in_strict_json(tmp_path):
+    """q_k = 0 < p_k: KL is infinite; the JSON stays valid (null, not
+    Infinity) and kl_infinite counts the samples."""
+    write(tmp_path / "gt.txt", ["a", "b", "c"],
+          np.array([[0.5, 0.5], [1.0, 0.0], [0.5, 0.5]]))
+    write(tmp_path / "pred.txt", ["a", "b", "c"],
+          np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
+    stdout = jcdl("score", tmp_path / "gt.txt", tmp_path / "pred.txt",
+                  "--out", tmp_path / "report").stdout
+    for text in (stdout, (tmp_path / "report" / "metrics.json").read_text()):
+        out = json.loads(text, parse_constant=lambda c: pytest.fail(
+            f"{c} is not JSON"))
+        assert out["kl"] is None and out["kl_infinite"] == 2
+        assert out["chebyshev"] == pytest.approx(1 / 3)
 
 
 def test_confusion_and_per_class():

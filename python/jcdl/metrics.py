@@ -12,9 +12,14 @@ All measures are means over samples of per-sample values, in float64, with
   intersection  sum_k min(p_k, q_k)                       higher is better
   accuracy      argmax p == argmax q (ties: lowest index) higher is better
 
-Clark and Canberra are unnormalised (Clark <= sqrt(K), Canberra <= K); the
-``clark_div_k`` and ``canberra_div_k`` variants divide them by K, as some
-later papers report. KL is infinite where q_k = 0 < p_k.
+Clark and Canberra are unnormalised (Clark <= sqrt(K), Canberra <= K).
+Later papers (StyleEDL and those that copy its code) report them divided
+inside the sum by K: ``clark_over_sqrt_k`` = sqrt(sum_k ... / K) = Clark /
+sqrt(K) and ``canberra_over_k`` = Canberra / K, both at most 1.
+
+KL is infinite where q_k = 0 < p_k (a float32 softmax that underflowed). The
+JSON then holds ``"kl": null`` (JSON has no infinity) and ``kl_infinite``
+counts those samples; it is 0 otherwise.
 """
 import csv
 import io
@@ -54,7 +59,9 @@ def per_sample(P, Q):
     norms = np.linalg.norm(P, axis=1) * np.linalg.norm(Q, axis=1)
     return {
         "chebyshev": diff.max(axis=1),
-        "clark": np.sqrt(_ratio(diff ** 2, total ** 2).sum(axis=1)),
+        # the ratio first, then squared: (p - q)^2 and (p + q)^2 underflow
+        # to 0 below 1e-154 where their ratio does not
+        "clark": np.sqrt((_ratio(diff, total) ** 2).sum(axis=1)),
         "canberra": _ratio(diff, total).sum(axis=1),
         "kl": kl_terms.sum(axis=1),
         "cosine": _ratio((P * Q).sum(axis=1), norms),
@@ -69,11 +76,20 @@ def summary(P, Q):
     K = np.asarray(P).shape[1]
     out = {name: float(values[name].mean()) for name in MEASURES}
     out["accuracy"] = float(values["accuracy"].mean())
-    out["clark_div_k"] = out["clark"] / K
-    out["canberra_div_k"] = out["canberra"] / K
+    out["clark_over_sqrt_k"] = out["clark"] / np.sqrt(K)
+    out["canberra_over_k"] = out["canberra"] / K
+    out["kl_infinite"] = int(np.isinf(values["kl"]).sum())
     out["n"] = int(len(P))
     out["k"] = int(K)
     return out
+
+
+def to_json(result, indent=None):
+    """The summary as strict JSON: a non-finite value (an infinite KL)
+    becomes null."""
+    return json.dumps({k: (None if isinstance(v, float) and not np.isfinite(v)
+                           else v) for k, v in result.items()},
+                      allow_nan=False, indent=indent)
 
 
 def confusion(P, Q):
@@ -151,11 +167,13 @@ def write_reports(out_dir, P, Q, class_names):
     out_dir.mkdir(parents=True, exist_ok=True)
     result = summary(P, Q)
     columns = list(result)
-    write_text(out_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
+    write_text(out_dir / "metrics.json",
+               to_json(result, indent=2) + "\n")
     write_text(out_dir / "metrics.csv", csv_text([result], columns))
     write_text(out_dir / "metrics.md", markdown_table([result], columns)
-               + "\nClark and Canberra are unnormalised (Geng); the _div_k "
-                 "columns divide them by K.\n")
+               + "\nClark and Canberra are unnormalised (Geng); "
+                 "clark_over_sqrt_k and canberra_over_k are them divided by "
+                 "sqrt(K) and K, as StyleEDL and later papers report them.\n")
     rows = per_class(P, Q, class_names)
     pc_columns = list(rows[0])
     write_text(out_dir / "per_class.csv", csv_text(rows, pc_columns))
@@ -201,7 +219,7 @@ def cmd_score(args):
              else default_class_names(P.shape[1]))
     result = (write_reports(args.out, P, Q, names) if args.out
               else summary(P, Q))
-    print(json.dumps(result))
+    print(to_json(result))
 
 
 def register(sub):
@@ -210,8 +228,10 @@ def register(sub):
         description="Compares two files of 'name p_1 ... p_K' lines, matched "
                     "by name, and prints one JSON object: " +
                     ", ".join(MEASURES) + ", accuracy (dominant emotion), "
-                    "clark_div_k, canberra_div_k, n, k. Rows are normalised "
-                    "to sum 1.")
+                    "clark_over_sqrt_k, canberra_over_k, kl_infinite, n, k. "
+                    "Each row of both files is divided by its sum first, so "
+                    "counts or unnormalised scores are scored as "
+                    "distributions.")
     p.add_argument("gt", help="ground truth: name p_1 ... p_K per line")
     p.add_argument("pred", help="predictions: name q_1 ... q_K per line")
     p.add_argument("--classes", help="emotion names, one per line")

@@ -394,7 +394,7 @@ def cmd_evaluate(args):
                       list_path=args.list, root=args.root, mean=args.mean,
                       classes=args.classes, out=args.out, batch=args.batch,
                       gpu=args.gpu, predictions=args.predictions)
-    print(json.dumps(result))
+    print(metrics.to_json(result))
 
 
 def cmd_predict(args):
@@ -447,7 +447,7 @@ def register(sub):
                     "Data layer does (mean subtracted, centre crop), and "
                     "prints one JSON object: chebyshev, clark, canberra, "
                     "kl, cosine, intersection, accuracy (dominant emotion), "
-                    "clark_div_k, canberra_div_k, n, k.")
+                    "clark_over_sqrt_k, canberra_over_k, kl_infinite, n, k.")
     _net_args(p)
     p.add_argument("--db", help="test LMDB (jcdl convert / convert_imageset_r)")
     p.add_argument("--list", help="test list: 'path p_1 ... p_K' lines")

@@ -81,6 +81,11 @@ def test_small_nets_load_in_caffe(data, K):
     assert [p.lr_mult for p in net["my_fc8"].param] == [10, 20]
     for name in ("conv1", "conv2", "fc3"):
         assert [p.lr_mult for p in net[name].param] == [1, 2]
+    # as the original: weights and biases decayed, my_fc8 starts at zero
+    for name in ("conv1", "conv2", "fc3", "my_fc8"):
+        assert [p.decay_mult for p in net[name].param] == [1, 1], name
+    fc8 = net["my_fc8"].inner_product_param
+    assert (fc8.weight_filler.type, fc8.weight_filler.value) == ("constant", 0)
 
     # both phases load; the data layers give (N, K) labels
     train = caffe.Net(str(paths[0]), caffe.TRAIN)
@@ -126,6 +131,12 @@ def test_vgg16_names_and_weights(data, tmp_path):
         "my_fc8", "loss_kl", "loss_dominant", "accuracy"]
     assert [p.lr_mult for p in net["conv3_2"].param] == [1, 2]
     assert [p.lr_mult for p in net["my_fc8"].param] == [10, 20]
+    assert [p.decay_mult for p in net["fc7"].param] == [1, 1]
+    # the TEST phase does not mirror (the original did, at random)
+    data = [l for l in read(paths[0], caffe_pb2.NetParameter()).layer
+            if l.type == "Data"]
+    assert [(l.include[0].phase, l.transform_param.mirror) for l in data] == \
+        [(caffe.TRAIN, True), (caffe.TEST, False)]
     assert net["drop6"].dropout_param.dropout_ratio == pytest.approx(0.5)
     deploy = layers(paths[1])
     assert list(deploy) == VGG16_LAYERS + ["my_fc8", "prob"]

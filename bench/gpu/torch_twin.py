@@ -9,8 +9,9 @@ bench/gpu/solver_b32.prototxt:
   0.8 * KL(p || softmax z) (summed over K, averaged over the batch, as
   SoftmaxWithKLLoss normalises) + 0.2 * the softmax log-loss of the dominant
   emotion argmax p (ties: lowest index, as torch.argmax and Caffe agree);
-- SGD as Caffe's solver: lr 1e-4, momentum 0.9, weight decay 0.005;
-  biases at twice the rate without decay, the last layer at 10x / 20x;
+- SGD as Caffe's solver: lr 1e-4, momentum 0.9, weight decay 0.005 on
+  weights and biases (decay_mult 1, as the original); biases at twice the
+  rate, the last layer at 10x / 20x;
 - generated data, made once on the GPU: images of constant value 1, labels
   the uniform distribution 1/K (as the Caffe net's constant DummyData).
 
@@ -43,8 +44,8 @@ def build_model(classes, device):
 
 def sgd(model, base_lr=1e-4, momentum=0.9, weight_decay=0.005):
     """Caffe's lr_mult / decay_mult of the JCDL prototxt as parameter
-    groups: weights 1x with decay, biases 2x without; the last layer
-    (my_fc8) 10x / 20x."""
+    groups: weights 1x, biases 2x, all decayed; the last layer (my_fc8)
+    10x / 20x."""
     import torch
     last = model.classifier[-1]
     groups = {"w": [], "b": [], "last_w": [last.weight], "last_b": [last.bias]}
@@ -54,10 +55,12 @@ def sgd(model, base_lr=1e-4, momentum=0.9, weight_decay=0.005):
         groups["b" if name.endswith("bias") else "w"].append(p)
     return torch.optim.SGD([
         {"params": groups["w"], "lr": base_lr, "weight_decay": weight_decay},
-        {"params": groups["b"], "lr": 2 * base_lr, "weight_decay": 0.0},
+        {"params": groups["b"], "lr": 2 * base_lr,
+         "weight_decay": weight_decay},
         {"params": groups["last_w"], "lr": 10 * base_lr,
          "weight_decay": weight_decay},
-        {"params": groups["last_b"], "lr": 20 * base_lr, "weight_decay": 0.0},
+        {"params": groups["last_b"], "lr": 20 * base_lr,
+         "weight_decay": weight_decay},
     ], lr=base_lr, momentum=momentum)
 
 
@@ -195,7 +198,7 @@ def main(argv=None):
         "loss": f"{LAMBDA} * KL(p||softmax z) + {1 - LAMBDA:.1f} * "
                 "CE(z, argmax p)",
         "optimizer": "SGD lr 1e-4 momentum 0.9 weight_decay 0.005 "
-                     "(biases 2x lr, no decay; last layer 10x / 20x)",
+                     "(biases 2x lr, all decayed; last layer 10x / 20x)",
         "data": "constant images (1.0), uniform labels (1/K), on the GPU",
         "variants": {},
     }

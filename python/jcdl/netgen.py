@@ -10,6 +10,15 @@ Two architectures:
 - ``small``: a little conv net (conv 16 5x5/2, pool, conv 32 3x3, pool,
   fc 64, my_fc8) that trains in seconds on the CPU.
 
+Learning rates and initial values follow the original's
+``vgg_train_val16_1.prototxt``: every weight + bias layer has lr_mult 1 / 2
+(``my_fc8``: 10 / 20) and Caffe's default decay_mult of 1, so biases are
+decayed too; ``my_fc8`` starts at zero (the original gives it no filler,
+and Caffe's default filler is the constant 0). Two deliberate differences:
+the TEST-phase data layer does not mirror (the original's ``mirror: true``
+there made every logged test accuracy depend on random flips), and the
+test batch is free (``--test-batch``).
+
 Losses on the ``my_fc8`` logits and the (N, K) distribution label:
 ``jcdl`` = SoftmaxWithKLLoss (weight lambda) + SoftmaxWithDominantLoss
 (weight 1 - lambda); ``kl`` = the first alone; ``softmax`` = the second
@@ -50,12 +59,13 @@ VGG16_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512),
 
 
 def _params(deploy, lr=1):
-    """ParamSpecs of a weight + bias layer: lr_mult lr / 2*lr, bias not
-    decayed. The deploy net leaves them out."""
+    """ParamSpecs of a weight + bias layer: lr_mult lr / 2*lr, both decayed
+    (decay_mult 1, Caffe's default, as in the original). The deploy net
+    leaves them out."""
     if deploy:
         return {}
     return {"param": [dict(lr_mult=lr, decay_mult=1),
-                      dict(lr_mult=2 * lr, decay_mult=0)]}
+                      dict(lr_mult=2 * lr, decay_mult=1)]}
 
 
 def _fillers(deploy, weight):
@@ -77,13 +87,11 @@ def _conv(bottom, num, kernel, deploy, stride=1, pad=0):
         **_fillers(deploy, dict(type="xavier")))
 
 
-def _fc(bottom, num, deploy, lr=1, std=None):
+def _fc(bottom, num, deploy, lr=1, weight_filler=None):
     caffe = import_caffe()
-    weight = dict(type="xavier") if std is None else \
-        dict(type="gaussian", std=std)
     return caffe.layers.InnerProduct(
         bottom, num_output=num, **_params(deploy, lr),
-        **_fillers(deploy, weight))
+        **_fillers(deploy, weight_filler or dict(type="xavier")))
 
 
 def _relu(bottom):
@@ -130,7 +138,8 @@ def _body(n, arch, classes, deploy):
         n.fc3 = _fc(n.pool2, 64, deploy)
         n.relu3 = _relu(n.fc3)
         top = n.fc3
-    n.my_fc8 = _fc(top, classes, deploy, lr=10, std=0.01)
+    n.my_fc8 = _fc(top, classes, deploy, lr=10,
+                   weight_filler=dict(type="constant", value=0))
     return n.my_fc8
 
 

@@ -1,11 +1,12 @@
 """jcdl prepare on small dataset folders in the real formats: Emotion6's
-ground_truth.txt, Flickr_LDL / Twitter_LDL votes files and v7.3 .mat files,
+ground_truth.txt, Flickr_LDL / Twitter_LDL votes files and .mat files (v7.3 and v5),
 plain lists."""
 import os
 
 import h5py
 import numpy as np
 import pytest
+import scipy.io
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -165,6 +166,40 @@ def test_twitter_config_mat_with_its_split(tmp_path, transpose):
     assert sorted(train) == sorted(f"t{i}.jpg" for i in (0, 2, 4, 6, 8, 1))
     assert np.allclose(Ptest, votes[[3, 5, 7]] / votes[[3, 5, 7]].sum(1,
                        keepdims=True))
+
+
+@pytest.mark.parametrize("imgname", ["cell", "char matrix"])
+def test_config_mat_in_matlab_v5_format(tmp_path, imgname):
+    """The same file saved in MATLAB's older v5 format (scipy.io.savemat,
+    which is what scipy.io.loadmat-based scripts read): the same lists as
+    from v7.3."""
+    names = [f"t{i}.jpg" for i in range(9)]
+    votes = np.arange(72).reshape(9, 8) % 5
+    votes[:, 0] += 1
+    splits = dict(train=[1, 3, 5, 7, 9, 2], test=[4, 6, 8])
+    outs = {}
+    for kind in ("v5", "v73"):
+        root = tmp_path / kind
+        for i, n in enumerate(names):
+            write_image(root / n, 8, 8, seed=i)
+        mat = root / "twitter_ldl_config.mat"
+        if kind == "v73":
+            write_mat(mat, names, votes, **splits)
+        else:
+            cells = np.empty((len(names), 1), dtype=object)
+            cells[:, 0] = names
+            scipy.io.savemat(mat, {
+                "imgname": cells if imgname == "cell" else np.array(names),
+                "vote": votes.T.astype(np.float64),
+                "trainind": np.asarray(splits["train"], float)[None],
+                "testind": np.asarray(splits["test"], float)[None]})
+            assert not h5py.is_hdf5(mat)
+        jcdl("prepare", "twitter_ldl", root, tmp_path / f"out_{kind}")
+        outs[kind] = [(tmp_path / f"out_{kind}" / f).read_text()
+                      for f in ("train.txt", "test.txt", "classes.txt")]
+    assert outs["v5"] == outs["v73"]
+    assert read_out(tmp_path / "out_v5" / "test.txt")[0] == \
+        ["t3.jpg", "t5.jpg", "t7.jpg"]
 
 
 def test_config_mat_without_split_is_split_randomly(tmp_path):
@@ -330,7 +365,7 @@ def test_config_mat_errors(tmp_path):
     assert_clean_error(proc, "t_config.mat: no 'vote' in the file")
     mat.write_bytes(b"MATLAB 5.0 MAT-file" + bytes(200))
     proc = jcdl("prepare", "twitter_ldl", root, tmp_path / "o", check=False)
-    assert_clean_error(proc, "t_config.mat: cannot read as a MATLAB v7.3")
+    assert_clean_error(proc, "t_config.mat: cannot read as a MATLAB file")
     assert not (tmp_path / "o").exists()
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import assert_clean_error, jcdl
 from jcdl import demo, metrics
-from jcdl.common import read_distribution_file
+from jcdl.common import JcdlError, read_distribution_file
 
 KEYS = set(metrics.MEASURES) | {"accuracy", "n"}
 
@@ -54,6 +54,31 @@ def test_demo_refuses_a_foreign_folder(tmp_path):
     proc = jcdl("demo", "--out", tmp_path, check=False)
     assert_clean_error(proc, str(tmp_path), "not an earlier demo")
     assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_a_failed_demo_keeps_the_earlier_one(tmp_path, monkeypatch):
+    """Arguments are checked before anything is touched; a run that fails
+    part-way removes what it wrote and puts the earlier demo back."""
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / demo.MARKER).write_text("earlier\n")
+    (out / "report.md").write_text("the earlier report")
+    for args, message in ((["--iterations", 0], "--iterations: must be at "
+                           "least 1"),
+                          (["--images", 5], "--images: must be at least 16")):
+        proc = jcdl("demo", "--out", out, *args, check=False)
+        assert_clean_error(proc, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
+
+    def broken_mean(*args, **kw):
+        raise JcdlError(args[0], "the mean failed")
+
+    monkeypatch.setattr(demo.lmdbio, "compute_mean", broken_mean)
+    with pytest.raises(JcdlError, match="the mean failed"):
+        demo.run_demo(out, iterations=1, n_images=16)
+    assert (out / "report.md").read_text() == "the earlier report"
+    assert sorted(p.name for p in out.iterdir()) == [demo.MARKER, "report.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
 
 
 def test_votes_follow_the_scene_distributions(tmp_path):

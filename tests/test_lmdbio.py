@@ -212,6 +212,84 @@ def test_leveldb_and_unknown_backends(images, tmp_path):
     assert not (tmp_path / "db").exists()
 
 
+def both_tools(root, lst, db_of, *flags):
+    """(C++ tool, jcdl convert) runs on the same inputs; db_of(tool) names
+    each one's DB."""
+    return (run("convert_imageset_r", *flags, f"{root}/", lst,
+                db_of("c"), check=False, env=QUIET),
+            jcdl("convert", *flags, f"{root}/", lst, db_of("p"),
+                 check=False))
+
+
+def test_the_db_folder_is_made_or_its_problem_named(images, tmp_path):
+    """A DB in a folder that does not exist yet: both tools make it. A
+    folder in the way of a file: one line, no glog abort, nothing left."""
+    root, lst, _ = images
+    cpp, py = both_tools(root, lst, lambda t: tmp_path / f"new/{t}/db")
+    assert cpp.returncode == 0 and py.returncode == 0, cpp.stderr + py.stderr
+    assert records(tmp_path / "new/c/db") == records(tmp_path / "new/p/db")
+    (tmp_path / "afile").write_text("x")
+    cpp, py = both_tools(root, lst, lambda t: tmp_path / f"afile/{t}db")
+    for proc in (cpp, py):
+        assert_clean_error(proc, "db", "cannot make its folder")
+        assert len(proc.stderr.strip().splitlines()) <= 2, proc.stderr
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_unknown_encode_type(images, tmp_path):
+    root, lst, _ = images
+    before = sorted(os.listdir(tmp_path))
+    cpp, py = both_tools(root, lst, lambda t: tmp_path / t, "--encode_type",
+                         "xyz")
+    assert cpp.stderr.strip() == "convert_imageset_r: xyz: unknown " \
+        "--encode_type (OpenCV cannot write it; use jpg or png)"
+    assert_clean_error(py, "xyz: unknown --encode_type")
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_byte_order_mark_and_utf16_lists(images, tmp_path):
+    """Notepad's UTF-8 BOM is dropped; a UTF-16 list is named as such by
+    both tools, not read as garbled numbers."""
+    root, lst, _ = images
+    text = lst.read_text()
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    cpp, py = both_tools(root, bom, lambda t: tmp_path / f"bom_{t}")
+    assert cpp.returncode == 0 and py.returncode == 0, cpp.stderr + py.stderr
+    assert records(tmp_path / "bom_c") == records(tmp_path / "bom_p")
+    assert [k for k, _ in records(tmp_path / "bom_p")][0] == b"00000000_img/a0.png"
+    utf16 = tmp_path / "utf16.txt"
+    utf16.write_bytes(text.encode("utf-16"))
+    cpp, py = both_tools(root, utf16, lambda t: tmp_path / f"u_{t}")
+    message = "utf16.txt: not UTF-8 text (UTF-16 or binary): save the list " \
+        "file as UTF-8"
+    assert cpp.stderr.strip().endswith(message), cpp.stderr
+    assert_clean_error(py, message)
+    assert not (tmp_path / "u_c").exists() and not (tmp_path / "u_p").exists()
+
+
+def test_encoded_grey_among_colour_is_reencoded(tmp_path):
+    """--encoded keeps a file's own bytes only when Caffe's native decode of
+    them gives the net's 3 channels: a grey or 16-bit PNG among colour ones
+    is re-encoded from its colour reading, by both tools alike."""
+    root = tmp_path / "root"
+    write_image(root / "colour.png", 16, 12, seed=1)
+    grey = np.random.default_rng(2).integers(0, 256, (12, 16), np.uint8)
+    cv2.imwrite(str(root / "grey.png"), grey)
+    cv2.imwrite(str(root / "deep.png"), grey.astype(np.uint16) * 257)
+    lst = tmp_path / "l.txt"
+    lst.write_text("colour.png 1 0\ngrey.png 0 1\ndeep.png 1 1\n")
+    cpp, py = both_tools(root, lst, lambda t: tmp_path / t, "--encoded")
+    assert cpp.returncode == 0 and py.returncode == 0, cpp.stderr + py.stderr
+    assert records(tmp_path / "c") == records(tmp_path / "p")
+    datums = [d for _, d in lmdbio.iter_datums(tmp_path / "p")]
+    assert datums[0].data == (root / "colour.png").read_bytes()
+    for d in datums:
+        native = cv2.imdecode(np.frombuffer(d.data, np.uint8),
+                              cv2.IMREAD_UNCHANGED)
+        assert native.shape == (12, 16, 3) and native.dtype == np.uint8
+
+
 def test_check_size(images, tmp_path):
     root, lst, _ = images
     proc = jcdl("convert", "--check_size", root, lst, tmp_path / "db",

@@ -215,4 +215,8 @@ def test_bad_input(data, tmp_path):
     proc = jcdl(*common, "--train-db", tmp_path / "gone", "--test-db",
                 tmp_path / "gone", "--test-iter", 1, check=False)
     assert_clean_error(proc, "give --classes")
+    proc = jcdl(*common, *dbs, "--lr-policy", "bogus", check=False)
+    assert_clean_error(proc, "--lr-policy bogus", "fixed, step")
+    proc = jcdl(*common, *dbs, "--test-iter", 0, check=False)
+    assert_clean_error(proc, "--test-iter must be at least 1")
     assert not (tmp_path / "out").exists()

@@ -200,6 +200,33 @@ def test_evaluate_without_mean_resizes_to_input(data, tmp_path):
     assert result["n"] == N
 
 
+def test_resize_without_mean_crops_as_training_did(data, tmp_path):
+    """A net trained without a mean on images stored at 10x12 and cropped
+    to 7x8: --resize 10 12 gives files the crop Caffe's Data layer gave the
+    LMDB, for evaluate --list and for predict alike."""
+    common = net_args(data, "--batch", "4")
+    jcdl("evaluate", *common, "--db", data["db"], "--predictions",
+         tmp_path / "db.txt")
+    jcdl("evaluate", *common, "--list", data["list"], "--root", data["root"],
+         "--resize", IMG_H, IMG_W, "--predictions", tmp_path / "list.txt")
+    _, Q_db = read_distribution_file(tmp_path / "db.txt")
+    _, Q_list = read_distribution_file(tmp_path / "list.txt")
+    np.testing.assert_allclose(Q_list, Q_db, atol=1e-7)
+    cropped = [img[1:1 + IN_H, 2:2 + IN_W] for img in data["images"]]
+    np.testing.assert_allclose(Q_db, hand_predict(
+        cropped, np.zeros((3, IN_H, IN_W), np.float32), data["W"],
+        data["b"]), rtol=1e-5, atol=1e-7)
+    proc = jcdl("predict", *common, "--resize", IMG_H, IMG_W,
+                data["root"] / data["names"][0])
+    q = list(json.loads(proc.stdout)["distribution"].values())
+    np.testing.assert_allclose(q, Q_db[0], atol=1e-6)
+    proc = jcdl("predict", *net_args(data, "--mean", data["mean_file"]),
+                "--resize", 20, 24, data["root"] / data["names"][0],
+                check=False)
+    assert_clean_error(proc, "mean.binaryproto", "the mean is 10x12",
+                       "--resize says 20x24")
+
+
 def test_predict_cli(data):
     paths = [data["root"] / n for n in data["names"][:3]]
     proc = jcdl("predict", *net_args(data, "--mean", data["mean_file"],
@@ -305,6 +332,7 @@ def test_predict_bad_image(data, bad):
     proc = jcdl("predict", *net_args(data), data["root"] / data["names"][0],
                 bad / "root" / "broken.png", check=False)
     assert_clean_error(proc, "jcdl predict: ", "broken.png", "cannot decode")
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert proc.stdout == ""  # nothing printed for the good image either
 
 
@@ -315,3 +343,20 @@ def test_gpu_on_this_build(data):
         assert json.loads(proc.stdout)["dominant"]
     else:
         assert_clean_error(proc, "jcdl predict: ", "GPU 0")
+
+
+def test_evaluate_never_writes_over_its_inputs_or_a_folder(data, tmp_path):
+    """--predictions naming the ground-truth list, or an existing folder, is
+    refused before the net runs; both stay as they were."""
+    gt = tmp_path / "test.txt"
+    gt.write_text(data["list"].read_text())
+    folder = tmp_path / "folder"
+    (folder / "keep").mkdir(parents=True)
+    for target, what in ((gt, "is an input of this run"),
+                         (folder, "is a folder")):
+        proc = jcdl("evaluate", *net_args(data, "--mean", data["mean_file"]),
+                    "--list", gt, "--root", data["root"], "--predictions",
+                    target, check=False)
+        assert_clean_error(proc, str(target), what)
+    assert gt.read_text() == data["list"].read_text()
+    assert (folder / "keep").is_dir()

@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>  // NOLINT(readability/streams)
 #include <iostream>  // NOLINT(readability/streams)
 #include <sstream>
@@ -94,8 +95,19 @@ bool is_file(const string& path) {
 // Reads "path p_1 ... p_K" lines; every value must be a finite number >= 0,
 // every row must have the first row's K and a positive, finite sum.
 std::vector<Entry> read_list(const string& list, const string& root) {
-  std::ifstream infile(list.c_str());
-  if (!infile) fail(list, 0, "cannot open the list file");
+  std::ifstream file(list.c_str(), std::ios::binary);
+  if (!file || !is_file(list)) fail(list, 0, "cannot open the list file");
+  std::ostringstream whole;
+  whole << file.rdbuf();
+  string data = whole.str();
+  if (data.compare(0, 2, "\xff\xfe") == 0 ||
+      data.compare(0, 2, "\xfe\xff") == 0 ||
+      data.find('\0') != string::npos) {
+    fail(list, 0, "not UTF-8 text (UTF-16 or binary): save the list file "
+         "as UTF-8");
+  }
+  if (data.compare(0, 3, "\xef\xbb\xbf") == 0) data.erase(0, 3);  // BOM
+  std::istringstream infile(data);
   std::vector<Entry> entries;
   string text;
   int line_no = 0;
@@ -147,6 +159,16 @@ std::vector<Entry> read_list(const string& list, const string& root) {
 }
 
 #ifdef USE_OPENCV
+// Whether the file decodes, as Caffe's Data layer decodes an encoded Datum
+// (natively: IMREAD_UNCHANGED), to exactly img. Not for a grey, 16-bit,
+// alpha or EXIF-rotated file read as colour: such a file's own bytes would
+// give the net other channels or pixels than the rest, so it is re-encoded.
+bool decodes_natively_to(const string& path, const cv::Mat& img) {
+  cv::Mat native = cv::imread(path, cv::IMREAD_UNCHANGED);
+  return native.size() == img.size() && native.type() == img.type() &&
+         cv::norm(native, img, cv::NORM_INF) == 0;
+}
+
 // The image as convert_imageset stores it: decoded (and resized) to raw BGR
 // bytes, or kept / re-encoded when an encoding is asked for.
 void image_to_datum(const Entry& e, const string& list, const string& path,
@@ -173,11 +195,18 @@ void image_to_datum(const Entry& e, const string& list, const string& path,
     string ext = path.substr(path.rfind('.') + 1);
     std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
     if (height == 0 && width == 0 && ext == enc &&
-        (img.channels() == 3) == is_color) {
+        decodes_natively_to(path, img)) {
       ReadFileToDatum(path, datum);  // the file's own bytes
     } else {
       std::vector<uchar> buf;
-      if (!cv::imencode("." + enc, img, buf)) {
+      bool ok = false;
+      try {
+        ok = cv::haveImageWriter("." + enc) && cv::imencode("." + enc, img,
+                                                              buf);
+      } catch (const cv::Exception&) {
+        ok = false;
+      }
+      if (!ok) {
         fail(list, e.line, "cannot encode image " + path + " as " + enc);
       }
       datum->set_data(string(reinterpret_cast<char*>(&buf[0]), buf.size()));
@@ -269,17 +298,48 @@ int main(int argc, char** argv) {
   tmp << db_path << ".partial-" << getpid();
   const string tmp_path = tmp.str();
   try {
-    if (boost::filesystem::exists(db_path)) {
+    if (db_path.empty()) fail("DB_NAME", 0, "is empty: name the DB");
+    if (boost::filesystem::exists(db_path) ||
+        boost::filesystem::is_symlink(db_path)) {
       fail(db_path, 0, "already exists; remove it or choose another name");
     }
     if (FLAGS_backend != "lmdb" && FLAGS_backend != "leveldb") {
       fail(FLAGS_backend, 0, "unknown --backend (use lmdb or leveldb)");
     }
+    if (!FLAGS_encode_type.empty() &&
+        !cv::haveImageWriter("." + FLAGS_encode_type)) {
+      fail(FLAGS_encode_type, 0, "unknown --encode_type (OpenCV cannot "
+           "write it; use jpg or png)");
+    }
     std::vector<Entry> entries = read_list(list, root);
     if (FLAGS_shuffle) {
       shuffle(entries.begin(), entries.end());
     }
+    // The DB's folder, made if needed; then the DB's own folder must be
+    // creatable there (the DB backends abort the process when it is not).
+    const boost::filesystem::path parent =
+        boost::filesystem::absolute(db_path).parent_path();
+    boost::system::error_code error;
+    boost::filesystem::create_directories(parent, error);
+    if (error) {
+      string why = error.message();
+      for (boost::filesystem::path p = parent; !p.empty();
+           p = p.parent_path()) {
+        if (boost::filesystem::exists(p) &&
+            !boost::filesystem::is_directory(p)) {
+          why = p.string() + " is a file";
+          break;
+        }
+      }
+      fail(db_path, 0, "cannot make its folder " + parent.string() + " (" +
+           why + ")");
+    }
     boost::filesystem::remove_all(tmp_path);
+    if (mkdir(tmp_path.c_str(), 0755) != 0) {
+      fail(db_path, 0, string("cannot write here (") + strerror(errno) +
+           ")");
+    }
+    rmdir(tmp_path.c_str());
     convert(entries, list, root, tmp_path);
     boost::filesystem::rename(tmp_path, db_path);
     std::cerr << "convert_imageset_r: wrote " << entries.size()
@@ -288,6 +348,12 @@ int main(int argc, char** argv) {
   } catch (const InputError& e) {
     boost::filesystem::remove_all(tmp_path);
     std::cerr << "convert_imageset_r: " << e.message << std::endl;
+    return 1;
+  } catch (const std::exception& e) {  // filesystem or OpenCV: still one line
+    boost::system::error_code ignored;
+    boost::filesystem::remove_all(tmp_path, ignored);
+    std::cerr << "convert_imageset_r: " << db_path << ": " << e.what()
+              << std::endl;
     return 1;
   }
 #else

@@ -46,6 +46,13 @@ def main(argv=None):
             traceback.print_exc()
         print(f"jcdl {args.command}: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # a file the checks could not foresee
+        if args.debug:
+            traceback.print_exc()
+        where = e.filename if e.filename is not None else "jcdl"
+        print(f"jcdl {args.command}: {where}: {e.strerror or e}",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"jcdl {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -7,8 +7,8 @@ explicitly):
   ``[image_filename] [valence] [arousal] [prob. anger] ... [prob. neutral]``,
   then ``folder/n.jpg valence arousal p_1 ... p_7`` lines (any whitespace).
   Images in ``ROOT/images/<folder>/`` (as released) or ``ROOT/<folder>/``.
-- ``flickr_ldl`` / ``twitter_ldl``: a MATLAB v7.3 (HDF5) ``ROOT/*_config.mat``
-  with ``imgname`` (cell array of names), ``vote`` (8 x N integer votes) and,
+- ``flickr_ldl`` / ``twitter_ldl``: a MATLAB ``ROOT/*_config.mat`` (v7.3,
+  which is HDF5, or the older v5/v7 format) with ``imgname`` (cell array of names), ``vote`` (8 x N integer votes) and,
   when present, split indices (datasets whose name contains ``train`` /
   ``test``: 1-based indices or logical masks; a matrix or cell array of them
   holds several splits), which are used instead of a random split. Otherwise
@@ -37,7 +37,7 @@ import numpy as np
 
 from .common import (JcdlError, atomic_output, format_row, parse_number,
                      parse_values, read_distribution_rows, read_lines,
-                     to_distribution)
+                     read_text, to_distribution)
 
 EMOTION6_CLASSES = ("anger", "disgust", "fear", "joy", "sadness", "surprise",
                     "neutral")
@@ -77,7 +77,7 @@ def _header_columns(tokens):
 
 def read_emotion6(path):
     """Emotion6's ground_truth.txt."""
-    rows = read_lines(path)
+    rows = read_lines(path, "ground-truth file")
     if not rows:
         raise JcdlError(path, "the ground-truth file is empty")
     line, tokens, _ = rows[0]
@@ -106,7 +106,7 @@ def read_emotion6(path):
 def read_votes(path, classes=MIKELS_CLASSES):
     """A votes file: ``name v_1 ... v_K`` with integer votes, an optional
     header naming the classes."""
-    rows = read_lines(path)
+    rows = read_lines(path, "votes file")
     want = 1 + len(classes)
     names, P, lines = [], [], []
     for i, (line, tokens, newline) in enumerate(rows):
@@ -169,18 +169,38 @@ def _mat_strings(f, ds, n, path):
                     f"type {a.dtype})")
 
 
-def _mat_index_sets(f, ds, n, path, name):
-    """One or more index vectors (1-based, or logical masks) -> list of
-    0-based int arrays."""
+def _h5_vectors(f, ds):
+    """Index vectors of an HDF5 variable: a cell array of vectors, one
+    vector, or a matrix whose MATLAB columns (h5py rows) are vectors."""
     a = ds[()]
     if a.dtype.kind == "O":
-        vectors = [np.asarray(f[ref][()]).ravel() for ref in a.ravel()]
-    else:
-        a = np.asarray(a)
-        if a.ndim <= 1 or min(a.shape) == 1:
-            vectors = [a.ravel()]
-        else:
-            vectors = list(a)                    # h5py row = MATLAB column
+        return [np.asarray(f[ref][()]).ravel() for ref in a.ravel()]
+    a = np.asarray(a)
+    return [a.ravel()] if a.ndim <= 1 or min(a.shape) == 1 else list(a)
+
+
+def _v5_vectors(a):
+    """The same for a variable of scipy.io.loadmat (MATLAB's own shape)."""
+    if a.dtype.kind == "O":
+        return [np.asarray(x).ravel() for x in a.ravel(order="F")]
+    return [a.ravel()] if a.ndim <= 1 or min(a.shape) == 1 else list(a.T)
+
+
+def _v5_strings(a, path):
+    """imgname of scipy.io.loadmat: a cell array of char arrays, or a char
+    matrix with one name per row."""
+    if a.dtype.kind == "O":
+        return [str(np.asarray(x).ravel()[0]).strip() if np.size(x) else ""
+                for x in a.ravel(order="F")]
+    if a.dtype.kind == "U":
+        return [str(v).rstrip() for v in a.ravel()]
+    raise JcdlError(path, f"cannot read 'imgname' (shape {a.shape}, "
+                    f"type {a.dtype})")
+
+
+def _index_sets(vectors, n, path, name):
+    """Index vectors (1-based, or logical masks) -> list of 0-based int
+    arrays."""
     out = []
     for v in vectors:
         v = v.astype(np.float64)
@@ -195,71 +215,104 @@ def _mat_index_sets(f, ds, n, path, name):
     return out
 
 
-def read_config_mat(path, classes=MIKELS_CLASSES):
-    """A MATLAB v7.3 ``*_config.mat``: imgname, vote, split indices."""
-    import h5py  # noqa: PLC0415
-
+def _orient_votes(a, K, path):
+    """'vote' as N x K float64 (MATLAB's K x N, or N x K)."""
     try:
-        f = h5py.File(path, "r")
-    except OSError:
-        raise JcdlError(path, "cannot read as a MATLAB v7.3 (HDF5) file; "
-                        "save it with -v7.3 or use a votes text file") from None
-    with f:
+        votes = np.asarray(a, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise JcdlError(path, "'vote' is not a numeric matrix") from None
+    if votes.ndim != 2 or K not in votes.shape:
+        raise JcdlError(path, f"'vote' is {votes.shape}, expected {K} x N")
+    return votes if votes.shape[1] == K else votes.T
+
+
+def _is_split(key):
+    return "train" in key.lower() or "test" in key.lower()
+
+
+def _read_mat_v73(path, K):
+    """(variables, votes N x K, names, {split variable: vectors}) of a
+    MATLAB v7.3 (HDF5) file."""
+    import h5py  # noqa: PLC0415
+    with h5py.File(path, "r") as f:
         keys = [k for k in f.keys() if not k.startswith("#")]
-        for need in ("imgname", "vote"):
-            if need not in f:
-                raise JcdlError(path, f"no '{need}' in the file (it holds: "
-                                f"{', '.join(keys)})")
-        K = len(classes)
-        votes = np.asarray(f["vote"][()], dtype=np.float64)
-        if votes.ndim != 2 or K not in votes.shape:
-            raise JcdlError(path, f"'vote' is {votes.shape}, expected "
-                            f"{K} x N")
-        if votes.shape[1] != K:                  # MATLAB K x N is h5py N x K
-            votes = votes.T
-        n = votes.shape[0]
-        names = _mat_strings(f, f["imgname"], n, path)
-        if len(names) != n:
-            raise JcdlError(path, f"{len(names)} names in 'imgname', but "
-                            f"'vote' has {n} images")
-        P, lines = [], []
-        for i, (name, row) in enumerate(zip(names, votes)):
-            where = f"image {i + 1} ({name})"
-            if not name or any(c.isspace() for c in name):
-                raise JcdlError(path, f"{where}: the name is empty or holds "
-                                "whitespace")
-            if not np.all(np.isfinite(row)) or (row < 0).any():
-                raise JcdlError(path, f"{where}: votes must be finite and "
-                                ">= 0")
-            if not np.all(row == np.round(row)):
-                raise JcdlError(path, f"{where}: votes are not integers")
-            if not row.sum() > 0:
-                raise JcdlError(path, f"{where}: all votes are zero")
-            P.append(row / row.sum())
-            lines.append(None)
-        train_keys = [k for k in keys if "train" in k.lower()]
-        test_keys = [k for k in keys if "test" in k.lower()]
-        splits = None
-        if train_keys or test_keys:
-            trains = (_mat_index_sets(f, f[train_keys[0]], n, path,
-                                      train_keys[0]) if train_keys else None)
-            tests = (_mat_index_sets(f, f[test_keys[0]], n, path,
-                                     test_keys[0]) if test_keys else None)
-            if trains is None:
-                trains = [np.setdiff1d(np.arange(n), t) for t in tests]
-            if tests is None:
-                tests = [np.setdiff1d(np.arange(n), t) for t in trains]
-            if len(trains) != len(tests):
-                raise JcdlError(path, f"{len(trains)} train and {len(tests)} "
-                                "test index sets")
-            splits = []
-            for tr, te in zip(trains, tests):
-                if not len(tr) or not len(te) or np.intersect1d(tr, te).size:
-                    raise JcdlError(path, "a split's train and test sets are "
-                                    "empty or overlap")
-                splits.append((tr, te))
-    gt = GroundTruth(path, names, np.asarray(P), lines, classes, splits)
-    return gt
+        _require(keys, path)
+        votes = _orient_votes(f["vote"][()], K, path)
+        names = _mat_strings(f, f["imgname"], len(votes), path)
+        sets = {k: _h5_vectors(f, f[k]) for k in keys if _is_split(k)}
+    return keys, votes, names, sets
+
+
+def _read_mat_v5(path, K):
+    """The same for a MATLAB v5/v7 file (scipy.io.loadmat)."""
+    from scipy.io import loadmat  # noqa: PLC0415
+    try:
+        m = loadmat(path)
+    except Exception:  # scipy raises several kinds for a file it cannot read
+        raise JcdlError(path, "cannot read as a MATLAB file (v5, v7 or "
+                        "v7.3); use a votes text file") from None
+    keys = [k for k in m if not k.startswith("__")]
+    _require(keys, path)
+    votes = _orient_votes(m["vote"], K, path)
+    names = _v5_strings(m["imgname"], path)
+    sets = {k: _v5_vectors(m[k]) for k in keys if _is_split(k)}
+    return keys, votes, names, sets
+
+
+def _require(keys, path):
+    for need in ("imgname", "vote"):
+        if need not in keys:
+            raise JcdlError(path, f"no '{need}' in the file (it holds: "
+                            f"{', '.join(keys)})")
+
+
+def read_config_mat(path, classes=MIKELS_CLASSES):
+    """A MATLAB ``*_config.mat`` (v7.3 HDF5, or v5/v7): imgname, vote,
+    split indices."""
+    import h5py  # noqa: PLC0415
+    K = len(classes)
+    reader = _read_mat_v73 if h5py.is_hdf5(path) else _read_mat_v5
+    keys, votes, names, sets = reader(path, K)
+    n = votes.shape[0]
+    if len(names) != n:
+        raise JcdlError(path, f"{len(names)} names in 'imgname', but "
+                        f"'vote' has {n} images")
+    P, lines = [], []
+    for i, (name, row) in enumerate(zip(names, votes)):
+        where = f"image {i + 1} ({name})"
+        if not name or any(c.isspace() for c in name):
+            raise JcdlError(path, f"{where}: the name is empty or holds "
+                            "whitespace")
+        if not np.all(np.isfinite(row)) or (row < 0).any():
+            raise JcdlError(path, f"{where}: votes must be finite and >= 0")
+        if not np.all(row == np.round(row)):
+            raise JcdlError(path, f"{where}: votes are not integers")
+        if not row.sum() > 0:
+            raise JcdlError(path, f"{where}: all votes are zero")
+        P.append(row / row.sum())
+        lines.append(None)
+    train_keys = [k for k in keys if "train" in k.lower()]
+    test_keys = [k for k in keys if "test" in k.lower()]
+    splits = None
+    if train_keys or test_keys:
+        trains = (_index_sets(sets[train_keys[0]], n, path, train_keys[0])
+                  if train_keys else None)
+        tests = (_index_sets(sets[test_keys[0]], n, path, test_keys[0])
+                 if test_keys else None)
+        if trains is None:
+            trains = [np.setdiff1d(np.arange(n), t) for t in tests]
+        if tests is None:
+            tests = [np.setdiff1d(np.arange(n), t) for t in trains]
+        if len(trains) != len(tests):
+            raise JcdlError(path, f"{len(trains)} train and {len(tests)} "
+                            "test index sets")
+        splits = []
+        for tr, te in zip(trains, tests):
+            if not len(tr) or not len(te) or np.intersect1d(tr, te).size:
+                raise JcdlError(path, "a split's train and test sets are "
+                                "empty or overlap")
+            splits.append((tr, te))
+    return GroundTruth(path, names, np.asarray(P), lines, classes, splits)
 
 
 # ---------------------------------------------------------------- finding
@@ -377,10 +430,8 @@ def _write_split(folder, classes, rel, P, train, test):
 
 
 def _read_classes(path, K):
-    path = Path(path)
-    if not path.is_file():
-        raise JcdlError(path, "no such classes file")
-    names = [t.strip() for t in path.read_text().splitlines() if t.strip()]
+    names = [t.strip() for t in read_text(path, "classes file", True).splitlines()
+             if t.strip()]
     if len(names) != K or any(len(n.split()) != 1 for n in names):
         raise JcdlError(path, f"{len(names)} class names (one word per "
                         f"line), but the data have {K} emotions")

@@ -13,7 +13,7 @@ seed and budget: the joint JCDL loss, the KL loss alone and the softmax loss
 alone.
 """
 import json
-import shutil
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,10 +22,11 @@ import cv2
 import numpy as np
 
 from . import datasets, lmdbio, metrics, netgen, plot, predict, train
-from .common import JcdlError, read_distribution_file
+from .common import JcdlError, read_distribution_file, remove
 
 VARIANTS = {"jcdl": "jcdl", "kl_only": "kl", "softmax_only": "softmax"}
 MARKER = ".jcdl-demo"
+MIN_IMAGES = 16
 COLOURS = ((40, 40, 200), (200, 60, 40), (40, 180, 60), (20, 200, 220))
 
 
@@ -72,17 +73,21 @@ def make_dataset(root, n=800, size=36, annotators=11, seed=0):
     return truth
 
 
-def _fresh(out):
-    """OUT, emptied if it holds an earlier demo; other content is refused."""
-    out = Path(out)
-    if out.exists():
-        if not (out / MARKER).exists() and any(out.iterdir()):
-            raise JcdlError(out, "exists and is not an earlier demo's "
-                            "folder; choose another --out")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    (out / MARKER).write_text("written by jcdl demo\n")
-    return out
+def _set_aside(out):
+    """Moves an earlier demo at OUT aside (returned, to restore if this run
+    fails); OUT with other content is refused."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise JcdlError(out, "exists and is not a folder; choose another "
+                        "--out")
+    if not (out / MARKER).exists() and any(out.iterdir()):
+        raise JcdlError(out, "exists and is not an earlier demo's "
+                        "folder; choose another --out")
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    remove(old)
+    os.replace(out, old)
+    return old
 
 
 def say(text):
@@ -90,9 +95,33 @@ def say(text):
 
 
 def run_demo(out, iterations=600, n_images=800, seed=0):
-    """Runs everything; returns {variant: summary}."""
+    """Runs everything into OUT; returns {variant: summary}. An earlier
+    demo there is replaced when this one completes, and kept when it
+    fails."""
+    if iterations < 1:
+        raise JcdlError("--iterations", f"must be at least 1, not "
+                        f"{iterations}")
+    if n_images < MIN_IMAGES:
+        raise JcdlError("--images", f"must be at least {MIN_IMAGES} (two "
+                        f"of each scene), not {n_images}")
+    out = Path(out)
+    old = _set_aside(out)
+    try:
+        out.mkdir(parents=True)
+        (out / MARKER).write_text("written by jcdl demo\n")
+        results = _run(out, iterations, n_images, seed)
+    except BaseException:
+        remove(out)
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        remove(old)
+    return results
+
+
+def _run(out, iterations, n_images, seed):
     start = time.time()
-    out = _fresh(out)
     data = out / "data"
     say(f"synthetic dataset: {n_images} images, 8 emotions -> {data}")
     truth = make_dataset(data, n=n_images, seed=seed)
@@ -115,7 +144,8 @@ def run_demo(out, iterations=600, n_images=800, seed=0):
             folder, "small", loss, 0.8, None, dbs["train"], dbs["test"],
             mean=mean, batch=32, crop=32, mirror=True, base_lr=0.01,
             stepsize=iterations * 2 // 3, max_iter=iterations,
-            weight_decay=0.0005, snapshot=0, test_interval=iterations // 6,
+            weight_decay=0.0005, snapshot=0,
+            test_interval=max(1, iterations // 6),
             display=20, mode="CPU", seed=seed)
         logs[variant] = folder / "train.log"
         weights = train.train(solver, log=logs[variant], echo=False)

@@ -27,8 +27,9 @@ import cv2
 import lmdb
 import numpy as np
 
-from .common import (JcdlError, atomic_output, import_caffe, parse_values,
-                     to_distribution)
+from .common import (JcdlError, atomic_output, check_output_file,
+                     import_caffe, make_folder_for, parse_values,
+                     quiet_opencv, text_bytes, to_distribution)
 
 _pb2 = None
 
@@ -71,6 +72,7 @@ def read_list(list_path, root=None):
             data = f.read()
     except OSError:
         raise JcdlError(list_path, "cannot open the list file") from None
+    data = text_bytes(data, list_path, "list file")
     entries, K = [], 0
     for line_no, text in enumerate(data.split(b"\n"), 1):
         tokens = text.split()            # C isspace: the istringstream's split
@@ -105,6 +107,16 @@ def _extension(path):
         .lower().decode("utf-8", "surrogateescape")
 
 
+def _decodes_natively_to(path, img):
+    """Whether the file decodes as Caffe decodes an encoded Datum (natively,
+    IMREAD_UNCHANGED) to exactly img: not a grey, 16-bit, alpha or
+    EXIF-rotated file read as colour, whose own bytes would give the net
+    other channels or pixels than the rest (it is re-encoded instead)."""
+    native = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    return (native is not None and native.shape == img.shape
+            and native.dtype == img.dtype and np.array_equal(native, img))
+
+
 def make_datum(entry, list_path, full_path, gray=False, resize_height=0,
                resize_width=0, encode_type=""):
     """The Datum of one entry, as convert_imageset_r builds it; encode_type
@@ -124,17 +136,18 @@ def make_datum(entry, list_path, full_path, gray=False, resize_height=0,
         datum.data = chw.tobytes()
         datum.encoded = False
     else:
-        channels = 1 if img.ndim == 2 else img.shape[2]
         if (resize_height == 0 and resize_width == 0
                 and _extension(full_path) == encode_type
-                and (channels == 3) == (not gray)):
+                and _decodes_natively_to(full_path, img)):
             with open(full_path, "rb") as f:
                 datum.data = f.read()    # the file's own bytes
         else:
-            try:
-                ok, buf = cv2.imencode("." + encode_type, img)
-            except cv2.error:
-                ok = False
+            ok = False
+            if cv2.haveImageWriter("." + encode_type):
+                try:
+                    ok, buf = cv2.imencode("." + encode_type, img)
+                except cv2.error:
+                    ok = False
             if not ok:
                 raise JcdlError(list_path, f"cannot encode image {full_path} "
                                 f"as {encode_type}", entry.line)
@@ -202,7 +215,11 @@ def convert(root, list_path, db_path, resize_height=0, resize_width=0,
     if os.path.lexists(db_path):
         raise JcdlError(db_path, "already exists; remove it or choose "
                         "another name")
+    if encode_type and not cv2.haveImageWriter("." + encode_type):
+        raise JcdlError(encode_type, "unknown --encode_type (OpenCV cannot "
+                        "write it; use jpg or png)")
     entries = read_list(list_path, root)
+    make_folder_for(db_path)
     if shuffle:
         order = np.random.default_rng(seed).permutation(len(entries))
         entries = [entries[i] for i in order]
@@ -236,15 +253,9 @@ def convert(root, list_path, db_path, resize_height=0, resize_width=0,
     results = _ordered_map(record, enumerate(entries), workers)
     bar = tqdm(total=len(entries), unit="img", desc="convert",
                file=sys.stderr, disable=not progress)
-    Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-    log_level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    try:                                 # a bad image is our one-line error
-        with bar, atomic_output(db_path) as tmp:
-            _write_db(tmp, _counted(checked(results), bar),
-                      max(1 << 28, len(entries) << 17))
-    finally:
-        cv2.utils.logging.setLogLevel(log_level)
+    with quiet_opencv(), bar, atomic_output(db_path) as tmp:
+        _write_db(tmp, _counted(checked(results), bar),
+                  max(1 << 28, len(entries) << 17))
     return len(entries)
 
 
@@ -340,6 +351,9 @@ def compute_mean(db_path, out_path, progress=True):
     (see mean_paths). Returns the C x H x W mean."""
     from tqdm import tqdm  # noqa: PLC0415
 
+    proto_path, npy_path = mean_paths(out_path)
+    for path in (proto_path, npy_path):
+        check_output_file(path, db_path)
     n = db_info(db_path)["n"]
     total, shape = None, None
     for key, datum in tqdm(iter_datums(db_path), total=n, unit="img",
@@ -358,8 +372,6 @@ def compute_mean(db_path, out_path, progress=True):
     blob.num = 1
     blob.channels, blob.height, blob.width = mean.shape
     blob.data.extend(mean.ravel().tolist())
-    proto_path, npy_path = mean_paths(out_path)
-    proto_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(proto_path) as tmp:
         Path(tmp).write_bytes(blob.SerializeToString())
     with atomic_output(npy_path) as tmp, open(tmp, "wb") as f:

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import JcdlError, atomic_output, read_distribution_file
+from .common import (JcdlError, atomic_output, read_distribution_file,
+                     read_text)
 
 MEASURES = ("chebyshev", "clark", "canberra", "kl", "cosine", "intersection")
 LOWER_IS_BETTER = {"chebyshev": True, "clark": True, "canberra": True,
@@ -127,10 +128,8 @@ def default_class_names(K):
 
 def read_class_names(path, K):
     """One emotion name per line (``classes.txt`` of ``jcdl prepare``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise JcdlError(path, "no such classes file")
-    names = [l.strip() for l in path.read_text().splitlines() if l.strip()]
+    names = [l.strip() for l in read_text(path, "classes file", True).splitlines()
+             if l.strip()]
     if len(names) != K:
         raise JcdlError(path, f"{len(names)} class names, but the "
                         f"distributions have {K} values")

@@ -53,6 +53,9 @@ SOLVER_DEFAULTS = {
     "snapshot_prefix": None, "mode": None, "test_iter": None, "seed": None,
 }
 
+# The learning-rate policies of Caffe's SGD solvers.
+LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
+
 # VGG-16 as in the Model Zoo: (block, convolutions, channels).
 VGG16_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512),
                 (5, 3, 512))
@@ -283,6 +286,11 @@ def write_nets(out_dir, arch, loss, lam, classes, train_db, test_db,
                         "needs one with a test net)")
     if batch < 1 or test_batch < 1:
         raise JcdlError(out_dir, "the batch sizes must be at least 1")
+    if opts["test_iter"] is not None and opts["test_iter"] < 1:
+        raise JcdlError(out_dir, "--test-iter must be at least 1")
+    if opts["lr_policy"] not in LR_POLICIES:
+        raise JcdlError(out_dir, f"--lr-policy {opts['lr_policy']}: Caffe's "
+                        f"are {', '.join(LR_POLICIES)}")
 
     train_info, test_info = _db(train_db), _db(test_db)
     if train_info is not None:

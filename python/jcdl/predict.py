@@ -8,8 +8,10 @@ the same positions, as Caffe's DataTransformer does), then the centre crop of
 the deploy input's H x W (offsets ``(H_img - H) // 2``, ``(W_img - W) // 2``).
 Images read from files (a list with ROOT, or ``predict``) are first resized
 with OpenCV's bilinear ``resize``, as ``convert_imageset_r --resize_*`` does,
-to the mean's H x W when a mean is given, else to the input's. Datums of an
-LMDB are used at their stored size.
+to the size the training LMDB stored them at: ``--resize H W`` (convert's
+``--resize_height``/``--resize_width``), else the mean's H x W, else the
+net input's (no crop: give one of the two when training cropped). Datums of
+an LMDB are used at their stored size.
 
 The net's output is the deploy net's last blob (a Softmax: one distribution
 per image).
@@ -21,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import (JcdlError, atomic_output, blob_shape, check_weights,
-                     import_caffe, read_caffemodel, read_distribution_file,
-                     use_device, write_distribution_file)
+from .common import (JcdlError, atomic_output, blob_shape, check_output_file,
+                     check_weights, import_caffe, read_caffemodel,
+                     quiet_opencv, read_distribution_file, use_device,
+                     write_distribution_file)
 from . import metrics
 
 N_EXAMPLES = 6  # images shown in distributions.png
@@ -148,19 +151,28 @@ def read_mean(path):
 
 
 class Preprocessor:
-    """Caffe's TEST-phase transform for a net input of shape (C, H, W) and
-    an optional mean image (C, Hm, Wm)."""
+    """Caffe's TEST-phase transform for a net input of shape (C, H, W), an
+    optional mean image (C, Hm, Wm) and the optional (H, W) images were
+    stored at (``size``)."""
 
-    def __init__(self, shape, mean=None):
+    def __init__(self, shape, mean=None, size=None):
         self.shape = tuple(shape)
         self.mean = None if mean is None else np.asarray(mean, np.float32)
+        self.size = None if size is None else tuple(size)
         if self.mean is not None and self.mean.shape[0] != self.shape[0]:
             raise ValueError(f"the mean has {self.mean.shape[0]} channels, "
                              f"the net input {self.shape[0]}")
+        if self.mean is not None and self.size is not None and \
+                self.mean.shape[1:] != self.size:
+            raise ValueError(f"the mean is {self.mean.shape[1]}x"
+                             f"{self.mean.shape[2]} (HxW), but --resize "
+                             f"says {self.size[0]}x{self.size[1]}")
 
     @property
     def file_size(self):
         """(H, W) that images read from files are resized to."""
+        if self.size is not None:
+            return self.size
         return (self.mean.shape[1:] if self.mean is not None
                 else self.shape[1:])
 
@@ -172,7 +184,8 @@ class Preprocessor:
         if not path.is_file():
             raise JcdlError(path, "no such image")
         flag = cv2.IMREAD_GRAYSCALE if self.shape[0] == 1 else cv2.IMREAD_COLOR
-        img = cv2.imread(str(path), flag)
+        with quiet_opencv():
+            img = cv2.imread(str(path), flag)
         if img is None:
             raise JcdlError(path, "cannot decode the image")
         h, w = self.file_size
@@ -220,12 +233,13 @@ def check_distributions(Q, model, blob):
                         f"image: end the deploy net with a Softmax")
 
 
-def predict_images(net, images, mean=None, batch=32):
+def predict_images(net, images, mean=None, batch=32, size=None):
     """Emotion distributions (n, K) of images: file paths, or H x W x C
-    uint8 BGR arrays (resized like files). mean: array or file."""
+    uint8 BGR arrays (resized like files). mean: array or file; size: the
+    (H, W) images were stored at in training (see Preprocessor)."""
     if mean is not None and not isinstance(mean, np.ndarray):
         mean = read_mean(mean)
-    prep = Preprocessor(input_shape(net), mean)
+    prep = Preprocessor(input_shape(net), mean, size)
     import cv2  # noqa: PLC0415
     arrays = []
     for i, image in enumerate(images):
@@ -283,7 +297,8 @@ def _check_k(source, K, K_net, model):
 
 
 def evaluate(model, weights, db=None, list_path=None, root=None, mean=None,
-             classes=None, out=None, batch=32, gpu=None, predictions=None):
+             classes=None, out=None, batch=32, gpu=None, predictions=None,
+             size=None):
     """Predicts every image of an LMDB (``db``) or of a list with its image
     ROOT, and returns metrics.summary of ground truth vs predictions. With
     ``out``: predictions.txt, metrics.write_reports' files, confusion.png and
@@ -297,6 +312,9 @@ def evaluate(model, weights, db=None, list_path=None, root=None, mean=None,
         raise JcdlError("--batch", f"{batch} is not a positive batch size")
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise JcdlError(out, "exists and is not a folder")
+    if predictions is not None:
+        check_output_file(predictions, list_path, model, weights, mean,
+                          classes)
     if list_path is not None:
         names, P = read_distribution_file(list_path, what="list file")
         if not Path(root).is_dir():
@@ -309,7 +327,7 @@ def evaluate(model, weights, db=None, list_path=None, root=None, mean=None,
                    else metrics.default_class_names(K_net))
     mean_arr = read_mean(mean) if mean is not None else None
     try:
-        prep = Preprocessor(input_shape(net), mean_arr)
+        prep = Preprocessor(input_shape(net), mean_arr, size)
     except ValueError as e:
         raise JcdlError(mean, str(e)) from None
     if list_path is not None:
@@ -392,6 +410,7 @@ def cmd_evaluate(args):
                         "not both")
     result = evaluate(args.model, args.weights, db=args.db,
                       list_path=args.list, root=args.root, mean=args.mean,
+                      size=args.resize,
                       classes=args.classes, out=args.out, batch=args.batch,
                       gpu=args.gpu, predictions=args.predictions)
     print(metrics.to_json(result))
@@ -404,10 +423,11 @@ def cmd_predict(args):
                    else metrics.default_class_names(K))
     mean = read_mean(args.mean) if args.mean else None
     try:
-        Preprocessor(input_shape(net), mean)
+        Preprocessor(input_shape(net), mean, args.resize)
     except ValueError as e:
         raise JcdlError(args.mean, str(e)) from None
-    Q = predict_images(net, args.images, mean, batch=args.batch)
+    Q = predict_images(net, args.images, mean, batch=args.batch,
+                       size=args.resize)
     check_distributions(Q, args.model, net.outputs[-1])
     for image, q in zip(args.images, Q):
         print(json.dumps({
@@ -431,6 +451,13 @@ def _net_args(p):
     p.add_argument("--mean", help="mean image (.binaryproto or .npy) used "
                                   "in training; files are resized to its "
                                   "size, then centre-cropped to the input")
+    p.add_argument("--resize", type=_positive, nargs=2,
+                   metavar=("HEIGHT", "WIDTH"),
+                   help="the size the training LMDB stored images at "
+                   "(convert's --resize_height/--resize_width): image files "
+                   "are resized to it, then centre-cropped to the input. "
+                   "Default: the mean's size; without a mean, the input "
+                   "size (no crop)")
     p.add_argument("--classes", help="emotion names, one per line "
                                      "(classes.txt of 'jcdl prepare')")
     p.add_argument("--batch", type=_positive, default=32,

@@ -39,10 +39,11 @@ import numpy as np
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
-from .common import (JcdlError, blob_count, blob_shape, check_weights,
-                     cuda_libraries, fmt_shape, import_caffe, read_caffemodel,
-                     shape_fits, use_device)
+from .common import (JcdlError, blob_count, blob_shape, check_output_file,
+                     check_weights, cuda_libraries, fmt_shape, import_caffe,
+                     read_caffemodel, shape_fits, use_device)
 from .lmdbio import db_info
+from .netgen import LR_POLICIES
 from .metrics import summary
 
 # loss layers whose bottoms are (logits, distribution label)
@@ -110,7 +111,47 @@ def solver_nets(solver, solver_path):
     if tests and solver.test_interval <= 0:
         raise JcdlError(solver_path, "the solver has test nets but no "
                         "test_interval > 0")
+    if any(n < 1 for n in solver.test_iter):
+        raise JcdlError(solver_path, "test_iter must be at least 1")
+    check_solver_fields(solver, solver_path)
     return train, tests
+
+
+# What Caffe's solvers understand; anything else aborts it mid-run.
+SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
+
+
+def check_solver_fields(solver, solver_path):
+    if solver.lr_policy not in LR_POLICIES:
+        raise JcdlError(solver_path, f"unknown lr_policy "
+                        f"'{solver.lr_policy}' (Caffe's are "
+                        f"{', '.join(LR_POLICIES)})")
+    if solver.HasField("type") and solver.type not in SOLVER_TYPES:
+        raise JcdlError(solver_path, f"unknown solver type '{solver.type}' "
+                        f"(Caffe's are {', '.join(SOLVER_TYPES)})")
+    if solver.max_iter < 0:
+        raise JcdlError(solver_path, "max_iter must not be negative")
+
+
+def check_layers(layers, net_file, inputs=()):
+    """What Caffe would abort on while building one phase's net: a layer
+    type it does not know, a bottom no earlier layer (or net input) makes, a
+    batch of 0."""
+    known = set(import_caffe().layer_type_list())
+    made = set(inputs)
+    for layer in layers:
+        if layer.type not in known:
+            raise JcdlError(net_file, f"layer '{layer.name}' has unknown "
+                            f"type '{layer.type}'")
+        for bottom in layer.bottom:
+            if bottom not in made:
+                raise JcdlError(net_file, f"layer '{layer.name}' reads "
+                                f"blob '{bottom}', which no layer before it "
+                                "makes")
+        if layer.type == "Data" and layer.data_param.batch_size < 1:
+            raise JcdlError(net_file, f"layer '{layer.name}': batch_size "
+                            "must be at least 1")
+        made.update(layer.top)
 
 
 def _in_phase(layer, phase):
@@ -151,6 +192,7 @@ def check_net(net, net_file, phase):
         return None  # a V1 net ('layers'): Caffe upgrades it, not checked
     pb = _pb()
     layers = phase_layers(net, phase)
+    check_layers(layers, net_file, net.input)
     label_k = {}  # label top -> (K, LMDB)
     for layer in layers:
         if layer.type != "Data":
@@ -310,16 +352,37 @@ def select_device(caffe, solver, solver_path, gpu, log):
 
 class Log:
     """Caffe's glog line format, on stderr (above the progress bar; not with
-    echo False) and in an optional file."""
+    echo False) and in an optional file. The file is checked at once but
+    opened (truncated unless appending) only by ``start_file``, once the
+    set-up succeeded: a run that fails before training leaves an earlier
+    log as it was. Until then its lines are kept."""
 
     def __init__(self, path=None, append=False, echo=True):
-        self.echo = echo
-        try:
-            self.file = open(path, "a" if append else "w") if path else None
-        except OSError as e:
-            raise JcdlError(path, f"cannot write the log ({e.strerror})") \
-                from None
+        self.echo, self.path, self.append = echo, path, append
+        self.file, self.pending = None, []
+        if path:
+            target = Path(path)
+            folder = target.parent
+            why = ("is a folder" if target.is_dir() else
+                   f"no such folder {folder}" if not folder.is_dir() else
+                   "not writable" if not os.access(
+                       target if target.exists() else folder, os.W_OK)
+                   else None)
+            if why:
+                raise JcdlError(path, f"cannot write the log ({why})")
         self.tid = threading.get_native_id()
+
+    def start_file(self):
+        if not self.path:
+            return
+        try:
+            self.file = open(self.path, "a" if self.append else "w")
+        except OSError as e:
+            raise JcdlError(self.path, "cannot write the log "
+                            f"({e.strerror})") from None
+        self.file.writelines(self.pending)
+        self.file.flush()
+        self.pending = []
 
     def line(self, level, where, message):
         now = datetime.now()
@@ -331,6 +394,8 @@ class Log:
         if self.file:
             self.file.write(text + "\n")
             self.file.flush()
+        elif self.path:
+            self.pending.append(text + "\n")
 
     def info(self, where, message):
         self.line("I", where, message)
@@ -552,6 +617,10 @@ def train(solver_path, weights=None, gpu=None, resume=None, log=None,
         learned_model = read_caffemodel(learned, "caffemodel of the "
                                         "solverstate")
 
+    if log:
+        check_output_file(log, solver_path, train_net[1],
+                          *(w for _, w in test_nets), *weight_files,
+                          resume, learned)
     caffe = import_caffe()
     logger = Log(log, append=bool(resume), echo=echo)
     try:
@@ -600,6 +669,7 @@ def train(solver_path, weights=None, gpu=None, resume=None, log=None,
                                tmp_prefix, tests, logger)
             if state is not None:
                 trainer.last_snapshot = (solver.iter, str(learned), resume)
+            logger.start_file()
             logger.info("solver.cpp:289", f"Solving {train_net[0].name}")
             logger.info("solver.cpp:290",
                         f"Learning Rate Policy: {param.lr_policy}")

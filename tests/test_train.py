@@ -7,6 +7,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -568,6 +569,34 @@ def test_a_failed_run_keeps_the_earlier_log(work, trained):
                 check=False)
     assert_clean_error(proc, str(rel), "is an input of this run")
     assert solver.read_text() == text
+
+
+def test_an_lmdb_caffe_cannot_lock_is_named(work):
+    """A shared, read-only LMDB (another user's): Caffe would abort on its
+    lock.mdb; jcdl train says so first. As root, the run is another user's
+    (setpriv), since root may write anything."""
+    shared = Path(tempfile.mkdtemp(prefix="jcdl-shared-"))
+    try:
+        shutil.copytree(work / "data/train7", shared / "db")
+        netgen.write_nets(shared / "net", "small", "jcdl", 0.8, 7,
+                          shared / "db", shared / "db", max_iter=2,
+                          test_iter=1)
+        for path in [shared, *shared.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        (shared / "net").chmod(0o777)             # snapshots may go there
+        command = [BIN / "jcdl", "train", "--solver",
+                   shared / "net/solver.prototxt"]
+        if os.geteuid() == 0:
+            command = ["setpriv", "--reuid=65534", "--regid=65534",
+                       "--clear-groups", *command]
+        else:
+            (shared / "db/lock.mdb").chmod(0o444)
+        proc = subprocess.run(command, capture_output=True, text=True,
+                              cwd=shared, timeout=120)
+        assert_clean_error(proc, f"{shared / 'db'}: Caffe opens an LMDB by "
+                           "writing its lock.mdb")
+    finally:
+        shutil.rmtree(shared)
 
 
 # ------------------------------------------------------ train_vgg_gs.sh

@@ -208,6 +208,11 @@ def check_net(net, net_file, phase):
         if not Path(source).exists():
             raise JcdlError(source, f"no such LMDB {where}")
         info = db_info(source)
+        lock = Path(source) / "lock.mdb"
+        if not os.access(lock if lock.exists() else source, os.W_OK):
+            raise JcdlError(source, "Caffe opens an LMDB by writing its "
+                            "lock.mdb, which cannot be written here "
+                            f"{where}: copy the LMDB somewhere writable")
         if len(layer.top) > 1:
             label_k[layer.top[1]] = (info["k"], source)
         _check_transform(layer, info, source, net_file)

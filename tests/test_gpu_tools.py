@@ -370,7 +370,12 @@ def stub_pack(path):
           loss_layers_bench) cat "$here/loss.json" ;;
           test.testbin)
             echo "[==========] Running 2 tests ($* ${GTEST_SHARD_INDEX:-}" \
-                 "find=$CAFFE_CUDNN_FIND)"
+                 "find=$CAFFE_CUDNN_FIND tf32=$NVIDIA_TF32_OVERRIDE)"
+            if [ -n "${STUB_CRASH_SHARD:-}" ] &&
+               [ "${GTEST_SHARD_INDEX:-}" = "$STUB_CRASH_SHARD" ]; then
+              echo "F0101 a CHECK failed"; exit 134
+            fi
+            echo "[==========] 2 tests from 1 test suite ran. (5 ms total)"
             echo "[  PASSED  ] 2 tests." ;;
         esac
         """))
@@ -421,9 +426,39 @@ def test_run_h200_writes_its_result_files(tmp_path):
     assert gtest.count("######## gtest ") == 3 + 3
     assert gtest.count("[  PASSED  ] 2 tests.") == 6
     assert "CAFFE_CUDNN_FIND=1" in gtest
-    assert gtest.count("find=1)") == 1 and gtest.count("find=0)") == 5
+    assert gtest.count("find=1 ") == 1 and gtest.count("find=0 ") == 5
+    assert gtest.count("tf32=0)") == 6     # upstream's tolerances: strict fp32
     assert "GTEST_TOTAL_SHARDS=3 GTEST_SHARD_INDEX=2" in gtest
     assert "not run" not in gtest
+
+
+def test_run_h200_keeps_the_benchmarks_within_their_budget(tmp_path):
+    """The issue's numbers come first (default, torch twin, loss layers,
+    its profile); a spent benchmark budget skips steps instead of eating
+    the gtests' time, and the result files are still written."""
+    pack, out = tmp_path / "pack", tmp_path / "out"
+    stub_pack(pack)
+    env = dict(os.environ, OUT=str(out), BUDGET_S="300", SHARDS="1",
+               BENCH_BUDGET_S="5")
+    proc = subprocess.run([str(BENCH / "run_h200.sh"), str(pack)], cwd=ROOT,
+                          env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "SKIPPED (benchmarks' budget spent)" in proc.stdout
+    t = json.loads((out / "h200-train-throughput.json").read_text())
+    assert t["caffe_img_per_s"] is None and t["batch"] == 32
+    assert (out / "h200-gtest.txt").read_text().count("[  PASSED  ]") == 4
+    env["BENCH_BUDGET_S"] = "300"
+    proc = subprocess.run([str(BENCH / "run_h200.sh"), str(pack)], cwd=ROOT,
+                          env=dict(env, PARTS="bench"), capture_output=True,
+                          text=True, timeout=120)
+    steps = [line.split("] ", 1)[1].split(":")[0].split(" (")[0]
+             for line in proc.stdout.splitlines()
+             if line.startswith("[run_h200") and ("caffe " in line or
+                                                  "torch" in line or
+                                                  "loss_layers" in line)]
+    assert steps[:5] == ["caffe train", "torch twin", "loss_layers_bench",
+                         "caffe time", "caffe train"], steps
 
 
 def run_gtest_only(tmp_path, **env):
@@ -446,6 +481,16 @@ def test_run_h200_follow_up_runs_only_the_named_gtest_jobs(tmp_path):
         "######## gtest upstream-1", "######## gtest ours"]
     assert "GTEST_TOTAL_SHARDS=3 GTEST_SHARD_INDEX=1" in gtest
     assert "2 passed, 0 did not pass, 0 not run" in log
+
+
+def test_run_h200_names_a_job_cut_off_before_its_summary(tmp_path):
+    """A shard that crashed (or was stopped at the deadline) has no gtest
+    summary: it is named, and the follow-up JOBS list has it."""
+    log, gtest = run_gtest_only(tmp_path, BUDGET_S="300", JOBS="upstream-1 "
+                                "upstream-2 ours", STUB_CRASH_SHARD="2")
+    assert "######## gtest cut off before their summary: upstream-2" in gtest
+    assert "2 passed, 1 did not pass, 0 not run" in log
+    assert 'PARTS=gtest JOBS="upstream-2" SHARDS=3' in log
 
 
 def test_run_h200_names_the_gtest_jobs_it_had_no_time_for(tmp_path):

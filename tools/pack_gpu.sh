@@ -131,7 +131,8 @@ cat > "$stage/run" <<'EOF'
 # usage: run TOOL [ARGS...]   TOOL: caffe, test.testbin or loss_layers_bench
 #        run --ldd            the libraries each program finds
 # Runs bin/TOOL with this pack's libraries, the CUDA toolkit's and cuDNN's
-# (CUDNN_LIB_DIR, else the nvidia-cudnn pip wheel of python3, if any).
+# (CUDNN_LIB_DIR, else the nvidia-cudnn pip wheel of python3, else the first
+# libcudnn.so.9 under /opt, /usr/local or /usr/lib).
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 tool=${1:?usage: run TOOL [ARGS...] (or run --ldd)}; shift
 if [ "$tool" != --ldd ] && [ ! -x "$here/bin/$tool" ]; then
@@ -149,6 +150,10 @@ if [ -z "${CUDNN_LIB_DIR:-}" ]; then
 fi
 if [ -z "${CUDNN_LIB_DIR:-}" ] && command -v python3 >/dev/null; then
   CUDNN_LIB_DIR=$(python3 -c 'import os, nvidia.cudnn as m; print(os.path.join(list(m.__path__)[0], "lib"))' 2>/dev/null || true)
+fi
+if [ -z "${CUDNN_LIB_DIR:-}" ] || [ ! -d "$CUDNN_LIB_DIR" ]; then  # anywhere
+  found=$(find /opt /usr/local /usr/lib -name 'libcudnn.so.9' 2>/dev/null | head -1)
+  [ -n "$found" ] && CUDNN_LIB_DIR=$(dirname "$found")
 fi
 [ -n "${CUDNN_LIB_DIR:-}" ] && [ -d "$CUDNN_LIB_DIR" ] && libs=$libs:$CUDNN_LIB_DIR
 export LD_LIBRARY_PATH=$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}

@@ -7,6 +7,7 @@ import h5py
 import numpy as np
 import pytest
 import scipy.io
+import scipy.sparse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -202,6 +203,38 @@ def test_config_mat_in_matlab_v5_format(tmp_path, imgname):
         ["t3.jpg", "t5.jpg", "t7.jpg"]
 
 
+def test_config_mat_variables_that_are_not_indices(tmp_path):
+    """Variables named like a split but holding no numbers (a note, a
+    struct) are not splits; a sparse mask is one; an empty one, or a struct
+    where the votes should be, is named."""
+    root = tmp_path / "t"
+    names = [f"{i}.png" for i in range(10)]
+    for i, n in enumerate(names):
+        write_image(root / n, 8, 8, seed=i)
+    cells = np.empty((10, 1), dtype=object)
+    cells[:, 0] = names
+    base = {"imgname": cells, "vote": np.ones((8, 10))}
+    mat = root / "x_config.mat"
+    scipy.io.savemat(mat, dict(base, test_note="hello",
+                               train_opts={"ratio": 0.8}))
+    jcdl("prepare", "flickr_ldl", root, tmp_path / "random")
+    assert len(read_out(tmp_path / "random" / "train.txt")[0]) == 8
+    mask = np.zeros((1, 10))
+    mask[0, [2, 5]] = 1
+    scipy.io.savemat(mat, dict(base, testmask=scipy.sparse.csc_matrix(mask)))
+    jcdl("prepare", "flickr_ldl", root, tmp_path / "masked")
+    assert read_out(tmp_path / "masked" / "test.txt")[0] == ["2.png", "5.png"]
+    scipy.io.savemat(mat, dict(base, trainset=np.zeros((0, 0))))
+    proc = jcdl("prepare", "flickr_ldl", root, tmp_path / "o", check=False)
+    assert_clean_error(proc, "x_config.mat: 'trainset' is empty")
+    with h5py.File(mat, "w", userblock_size=512) as f:
+        f.create_group("vote")
+        f["imgname"] = np.zeros((3, 10), np.uint16)
+    proc = jcdl("prepare", "flickr_ldl", root, tmp_path / "o", check=False)
+    assert_clean_error(proc, "x_config.mat: 'vote' is a struct")
+    assert not (tmp_path / "o").exists()
+
+
 def test_config_mat_without_split_is_split_randomly(tmp_path):
     root = tmp_path / "t"
     names = [f"{i}.png" for i in range(10)]
@@ -373,10 +406,26 @@ def test_output_folder_with_other_files_is_refused(tmp_path):
     root = tmp_path / "e6"
     emotion6(root, n=4)
     proc = jcdl("prepare", "emotion6", root, root, check=False)
-    assert_clean_error(proc, "e6: exists and holds other files")
+    assert_clean_error(proc, "e6: holds", "ground_truth.txt, which this run "
+                       "reads")
     assert (root / "ground_truth.txt").is_file()
     jcdl("prepare", "emotion6", root, tmp_path / "out")
     jcdl("prepare", "emotion6", root, tmp_path / "out", "--seed", 1)  # redo
+    # a folder of only our files, one of them the ground truth read: kept
+    gt = (tmp_path / "out" / "train.txt")
+    text = gt.read_text()
+    proc = jcdl("prepare", "list", root, tmp_path / "out", "--gt", gt,
+                check=False)
+    assert_clean_error(proc, "out: holds", "train.txt, which this run reads")
+    assert gt.read_text() == text
+    for out in (".", ""):
+        proc = jcdl("prepare", "emotion6", root, out, cwd=tmp_path,
+                    check=False)
+        assert_clean_error(proc, "name the output")
+    os.symlink(tmp_path / "out", tmp_path / "link")   # written where it points
+    jcdl("prepare", "emotion6", root, tmp_path / "link", "--seed", 2)
+    assert (tmp_path / "link").is_symlink()
+    assert (tmp_path / "out" / "test.txt").is_file()
 
 
 # ------------------------------------------------------------------ parsers

@@ -1,11 +1,14 @@
 """jcdl demo end to end on a small budget: the real pipeline, three
 variants, the report."""
 import json
+import signal
+import subprocess
+import time
 
 import cv2
 import pytest
 
-from conftest import assert_clean_error, jcdl
+from conftest import BIN, assert_clean_error, jcdl
 from jcdl import demo, metrics
 from jcdl.common import JcdlError, read_distribution_file
 
@@ -63,11 +66,14 @@ def test_a_failed_demo_keeps_the_earlier_one(tmp_path, monkeypatch):
     out.mkdir()
     (out / demo.MARKER).write_text("earlier\n")
     (out / "report.md").write_text("the earlier report")
-    for args, message in ((["--iterations", 0], "--iterations: must be at "
-                           "least 1"),
-                          (["--images", 5], "--images: must be at least 16")):
+    for args, message in ((["--iterations", 0], "--iterations: '0' is not "
+                           "an integer from 1"),
+                          (["--images", 5], "--images: '5' is not an "
+                           "integer from 16")):
         proc = jcdl("demo", "--out", out, *args, check=False)
         assert_clean_error(proc, message)
+    with pytest.raises(JcdlError, match="--images: must be at least 16"):
+        demo.run_demo(out, iterations=1, n_images=5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
 
     def broken_mean(*args, **kw):
@@ -78,6 +84,31 @@ def test_a_failed_demo_keeps_the_earlier_one(tmp_path, monkeypatch):
         demo.run_demo(out, iterations=1, n_images=16)
     assert (out / "report.md").read_text() == "the earlier report"
     assert sorted(p.name for p in out.iterdir()) == [demo.MARKER, "report.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
+
+
+def test_one_iteration_and_ctrl_c(tmp_path):
+    """--iterations 1 trains (no step size of 0 for Caffe to abort on); a
+    Ctrl-C stops the whole demo, not just one variant, and puts the
+    earlier demo back."""
+    out = tmp_path / "demo"
+    jcdl("demo", "--out", out, "--iterations", 1, "--images", 16)
+    report = (out / "report.md").read_text()
+    proc = subprocess.Popen([str(BIN / "jcdl"), "demo", "--out", str(out),
+                             "--iterations", "100000", "--images", "16"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    log = out / "jcdl" / "train.log"
+    deadline = time.time() + 120
+    while not (log.exists() and "Iteration 20 " in log.read_text()):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "jcdl demo: interrupted"
+    assert "kl_only" not in err          # the next variant never started
+    assert (out / "report.md").read_text() == report
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
 
 

@@ -236,6 +236,17 @@ def test_the_db_folder_is_made_or_its_problem_named(images, tmp_path):
     assert (tmp_path / "afile").read_text() == "x"
 
 
+def test_a_db_name_ending_in_a_slash(images, tmp_path):
+    root, lst, _ = images
+    cpp, py = both_tools(root, lst, lambda t: f"{tmp_path / t}/")
+    assert cpp.returncode == 0 and py.returncode == 0, cpp.stderr + py.stderr
+    assert records(tmp_path / "c") == records(tmp_path / "p")
+    proc = jcdl("convert", root, lst, tmp_path / "s", "--shuffle", "--seed",
+                -1, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "'-1' is not an integer from 0" in proc.stderr
+
+
 def test_unknown_encode_type(images, tmp_path):
     root, lst, _ = images
     before = sorted(os.listdir(tmp_path))

@@ -219,4 +219,11 @@ def test_bad_input(data, tmp_path):
     assert_clean_error(proc, "--lr-policy bogus", "fixed, step")
     proc = jcdl(*common, *dbs, "--test-iter", 0, check=False)
     assert_clean_error(proc, "--test-iter must be at least 1")
+    proc = jcdl(*common, *dbs, "--stepsize", 0, check=False)
+    assert_clean_error(proc, "--lr-policy step needs --stepsize of at least 1")
+    proc = jcdl(*common, *dbs, "--gamma", -1, check=False)
+    assert_clean_error(proc, "--gamma must not be negative")
+    proc = jcdl(*common, *dbs, "--max-iter", 9999999999, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "'9999999999' is not an integer from" in proc.stderr
     assert not (tmp_path / "out").exists()

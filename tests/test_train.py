@@ -156,7 +156,7 @@ def test_small_net_trains_with_falling_loss(work, K):
          "--max-iter", 60, "--display", 10, "--test-interval", 20,
          "--snapshot", 30, "--seed", 1, cwd=work)
     proc = jcdl("train", "--solver", folder / "solver.prototxt", "--log",
-                folder / "train.log", cwd=work)
+                folder / "logs/train.log", cwd=work)   # its folder is made
     prefix = f"{folder}/snapshots/small_jcdl_iter_"
     assert proc.stdout.strip() == prefix + "60.caffemodel"
     for it in (30, 60):
@@ -172,10 +172,10 @@ def test_small_net_trains_with_falling_loss(work, K):
         == (K,)
 
     # the same lines on stderr and in --log, in glog's format
-    log = (work / folder / "train.log").read_text()
+    log = (work / folder / "logs/train.log").read_text()
     assert log_lines(proc.stderr) == log.splitlines()
     assert all(GLOG.match(line) for line in log.splitlines())
-    series = parse_log(work / folder / "train.log")
+    series = parse_log(work / folder / "logs/train.log")
     its, loss = series["loss"]
     assert list(its) == [0, 10, 20, 30, 40, 50, 60]
     # my_fc8 starts at zero (as the original's): loss[0] is the loss of the
@@ -458,17 +458,36 @@ def bad_inputs(work, trained):
                 ("typo", text.replace('type: "ReLU"', 'type: "ReLu"', 1)),
                 ("bottom", text.replace('bottom: "pool1"', 'bottom: "pool9"',
                                         1)),
-                ("batch0", text.replace("batch_size: 8", "batch_size: 0"))):
+                ("batch0", text.replace("batch_size: 8", "batch_size: 0")),
+                ("onebottom", text.replace('bottom: "my_fc8"\n  bottom: '
+                                           '"label"', 'bottom: "my_fc8"', 1))):
             assert new != text, name
             (bad / f"{name}.prototxt").write_text(new)
             (bad / f"{name}_solver.prototxt").write_text(
                 solver.read_text().replace("trained/train_val.prototxt",
                                            f"bad/{name}.prototxt"))
+        (bad / "mdb.prototxt").write_text(text.replace(
+            'source: "data/train7"', 'source: "data/train7/data.mdb"'))
+        (bad / "python.prototxt").write_text(text.replace(
+            'type: "ReLU"', 'type: "Python"\n  python_param { module: '
+            '"no_such_module" layer: "Layer" }', 1))
         for name, old, new in (
                 ("policy", 'lr_policy: "step"', 'lr_policy: "steps"'),
                 ("type", 'lr_policy: "step"',
                  'lr_policy: "step"\ntype: "SDG"'),
-                ("testiter", "test_iter: 2", "test_iter: 0")):
+                ("testiter", "test_iter: 2", "test_iter: 0"),
+                ("stepsize", "stepsize: 10000", "stepsize: 0"),
+                ("gamma", "gamma: 0.1", "gamma: -1.0"),
+                ("average", 'lr_policy: "step"',
+                 'lr_policy: "step"\naverage_loss: 0'),
+                ("twotypes", 'lr_policy: "step"',
+                 'lr_policy: "step"\ntype: "Adam"\nsolver_type: ADAM'),
+                ("adam", 'lr_policy: "step"',
+                 'lr_policy: "step"\ntype: "Adam"'),
+                ("mdb", 'net: "trained/train_val.prototxt"',
+                 'net: "bad/mdb.prototxt"'),
+                ("python", 'net: "trained/train_val.prototxt"',
+                 'net: "bad/python.prototxt"')):
             assert old in solver.read_text(), name
             (bad / f"{name}_solver.prototxt").write_text(
                 solver.read_text().replace(old, new))
@@ -526,6 +545,29 @@ def bad_inputs(work, trained):
          ["bad/type_solver.prototxt", "unknown solver type 'SDG'"]),
         ("no test iterations", ["--solver", "bad/testiter_solver.prototxt"],
          ["bad/testiter_solver.prototxt", "test_iter must be at least 1"]),
+        ("stepsize 0", ["--solver", "bad/stepsize_solver.prototxt"],
+         ["lr_policy 'step' needs a stepsize > 0"]),
+        ("negative gamma", ["--solver", "bad/gamma_solver.prototxt"],
+         ["gamma must not be negative"]),
+        ("average_loss 0", ["--solver", "bad/average_solver.prototxt"],
+         ["average_loss must be at least 1"]),
+        ("two solver types", ["--solver", "bad/twotypes_solver.prototxt"],
+         ["by 'type' or by the old 'solver_type', not both"]),
+        ("resume with another solver type",
+         ["--solver", "bad/adam_solver.prototxt", "--resume",
+          f"{prefix}.solverstate"],
+         ["small_jcdl_iter_20.solverstate", "8 history blobs",
+          "Adam solver keeps 16"]),
+        ("a loss with one bottom", ["--solver",
+                                    "bad/onebottom_solver.prototxt"],
+         ["bad/onebottom.prototxt", "layer 'loss_kl' (SoftmaxWithKLLoss) "
+          "takes 2 bottoms (logits, label), not 1"]),
+        ("data.mdb as source", ["--solver", "bad/mdb_solver.prototxt"],
+         ["data/train7/data.mdb", "name the folder that holds data.mdb"]),
+        ("Python layer that does not load",
+         ["--solver", "bad/python_solver.prototxt"],
+         ["bad/python.prototxt", "cannot load Python layer "
+          "no_such_module.Layer", "ModuleNotFoundError"]),
     ]
 
 
@@ -535,7 +577,11 @@ CASES = ["missing solver", "missing net", "missing LMDB", "K mismatch",
          "caffemodel of solverstate missing", "weights and resume",
          "GPU on a CPU-only build", "unknown layer type", "unknown bottom",
          "batch of 0", "unknown lr_policy", "unknown solver type",
-         "no test iterations"]
+         "no test iterations", "stepsize 0", "negative gamma",
+         "average_loss 0", "two solver types",
+         "resume with another solver type", "a loss with one bottom",
+         "data.mdb as source",
+         "Python layer that does not load"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -569,6 +615,15 @@ def test_a_failed_run_keeps_the_earlier_log(work, trained):
                 check=False)
     assert_clean_error(proc, str(rel), "is an input of this run")
     assert solver.read_text() == text
+    mean = (work / "data/mean.binaryproto").read_bytes()
+    for log, what in (("data/mean.binaryproto", "is an input of this run"),
+                      ("data/train7/data.mdb", "is inside the LMDB"),
+                      ("data/train7/new.log", "is inside the LMDB")):
+        proc = jcdl("train", "--solver", rel, "--log", log, cwd=work,
+                    check=False)
+        assert_clean_error(proc, log, what)
+    assert (work / "data/mean.binaryproto").read_bytes() == mean
+    assert not (work / "data/train7/new.log").exists()
 
 
 def test_an_lmdb_caffe_cannot_lock_is_named(work):

@@ -293,7 +293,11 @@ int main(int argc, char** argv) {
     gflags::ShowUsageWithFlagsRestrict(argv[0], "tools/convert_imageset_r");
     return 1;
   }
-  const string root(argv[1]), list(argv[2]), db_path(argv[3]);
+  const string root(argv[1]), list(argv[2]);
+  string db_path(argv[3]);
+  while (db_path.size() > 1 && db_path[db_path.size() - 1] == '/') {
+    db_path.erase(db_path.size() - 1);  // "db/" names the folder db
+  }
   std::ostringstream tmp;
   tmp << db_path << ".partial-" << getpid();
   const string tmp_path = tmp.str();

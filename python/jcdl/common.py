@@ -13,6 +13,25 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 
+INT32_MAX = 2 ** 31 - 1   # Caffe's int32 fields (batch, iterations, ...)
+
+
+def int_arg(low=0, high=INT32_MAX):
+    """An argparse type: an integer from low to high."""
+    import argparse  # noqa: PLC0415
+
+    def integer(text):
+        try:
+            v = int(text)
+        except ValueError:
+            v = None
+        if v is None or not low <= v <= high:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not an integer from {low} to {high}")
+        return v
+    return integer
+
+
 class JcdlError(Exception):
     """Bad input. The CLI prints it as one line, ``FILE[:LINE]: what``, and
     exits non-zero."""
@@ -33,6 +52,18 @@ def remove(path):
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def output_path(path):
+    """An output's path: a symbolic link stands for where it points; '.',
+    '..' and '' name no file or folder to write."""
+    path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    if path.name in ("", ".", ".."):
+        raise JcdlError(path, "name the output: a file or folder name, not "
+                        "'.' or '..'")
+    return path
 
 
 def make_folder_for(path):
@@ -56,7 +87,7 @@ def atomic_output(path):
     ``path`` goes in is made if needed. A folder at ``path`` is replaced only
     by a folder (the caller has checked it is its own output), never by a
     file; errors about the temporary name are reported about ``path``."""
-    path = Path(path)
+    path = output_path(path)
     make_folder_for(path)
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     remove(tmp)
@@ -251,6 +282,66 @@ def import_caffe():
     os.environ.setdefault("GLOG_minloglevel", "2")
     import caffe  # noqa: PLC0415  (slow: imported only where needed)
     return caffe
+
+
+# ---------------------------------------------------------------- nets
+
+def _meets(rule, phase, level, stages):
+    """Caffe's StateMeetsRule."""
+    return not ((rule.HasField("phase") and rule.phase != phase)
+                or (rule.HasField("min_level") and level < rule.min_level)
+                or (rule.HasField("max_level") and level > rule.max_level)
+                or any(s not in stages for s in rule.stage)
+                or any(s in stages for s in rule.not_stage))
+
+
+def net_layers(net, phase, state=None):
+    """The layers Caffe builds of a NetParameter for ``phase``: the net's own
+    ``state`` and then ``state`` (the solver's train_state or test_state)
+    merged over it as Caffe merges them, include/exclude rules applied."""
+    level, stages = 0, set()
+    for st in (net.state, state):
+        if st is None:
+            continue
+        phase = st.phase if st.HasField("phase") else phase
+        level = st.level if st.HasField("level") else level
+        stages |= set(st.stage)
+    def built(layer):
+        if layer.include:
+            return any(_meets(r, phase, level, stages) for r in layer.include)
+        return not any(_meets(r, phase, level, stages) for r in layer.exclude)
+
+    return [layer for layer in net.layer if built(layer)]
+
+
+def check_layer_graph(layers, path, inputs=()):
+    """What Caffe aborts on while building a net from these layers (one
+    phase's): a layer type it does not know, a Python layer whose module or
+    class cannot be loaded, a bottom no earlier layer (or net input) makes.
+    Returns the blobs the net makes."""
+    import importlib  # noqa: PLC0415
+    known = set(import_caffe().layer_type_list())
+    made = set(inputs)
+    for layer in layers:
+        if layer.type not in known:
+            raise JcdlError(path, f"layer '{layer.name}' has unknown type "
+                            f"'{layer.type}'")
+        if layer.type == "Python":
+            module, name = (layer.python_param.module,
+                            layer.python_param.layer)
+            try:
+                getattr(importlib.import_module(module), name)
+            except Exception as e:  # what Caffe's import would stop on
+                raise JcdlError(path, f"layer '{layer.name}': cannot load "
+                                f"Python layer {module}.{name} "
+                                f"({type(e).__name__}: {e})") from None
+        for bottom in layer.bottom:
+            if bottom not in made:
+                raise JcdlError(path, f"layer '{layer.name}' reads blob "
+                                f"'{bottom}', which no layer before it "
+                                "makes")
+        made.update(layer.top)
+    return made
 
 
 # ---------------------------------------------------------------- caffemodels

@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import (JcdlError, atomic_output, format_row, parse_number,
+from .common import (JcdlError, atomic_output, format_row, int_arg,
+                     output_path, parse_number,
                      parse_values, read_distribution_rows, read_lines,
                      read_text, to_distribution)
 
@@ -169,21 +170,40 @@ def _mat_strings(f, ds, n, path):
                     f"type {a.dtype})")
 
 
+def _numeric(a):
+    return np.asarray(a).dtype.kind in "biuf"
+
+
 def _h5_vectors(f, ds):
     """Index vectors of an HDF5 variable: a cell array of vectors, one
-    vector, or a matrix whose MATLAB columns (h5py rows) are vectors."""
+    vector, or a matrix whose MATLAB columns (h5py rows) are vectors. None
+    for what holds no numbers (a struct, a string, a cell of strings)."""
+    import h5py  # noqa: PLC0415
+    if not isinstance(ds, h5py.Dataset) or \
+            ds.attrs.get("MATLAB_class") in (b"char", b"struct"):
+        return None
+    if ds.attrs.get("MATLAB_empty", 0):
+        return [np.zeros(0)]                     # [] in MATLAB
     a = ds[()]
     if a.dtype.kind == "O":
-        return [np.asarray(f[ref][()]).ravel() for ref in a.ravel()]
+        vectors = [np.asarray(f[ref][()]).ravel() for ref in a.ravel()]
+        return vectors if all(_numeric(v) for v in vectors) else None
+    if not _numeric(a):
+        return None
     a = np.asarray(a)
-    return [a.ravel()] if a.ndim <= 1 or min(a.shape) == 1 else list(a)
+    return [a.ravel()] if a.ndim <= 1 or min(a.shape) <= 1 else list(a)
 
 
 def _v5_vectors(a):
     """The same for a variable of scipy.io.loadmat (MATLAB's own shape)."""
+    if hasattr(a, "toarray"):                    # a sparse matrix
+        a = a.toarray()
     if a.dtype.kind == "O":
-        return [np.asarray(x).ravel() for x in a.ravel(order="F")]
-    return [a.ravel()] if a.ndim <= 1 or min(a.shape) == 1 else list(a.T)
+        vectors = [np.asarray(x).ravel() for x in a.ravel(order="F")]
+        return vectors if all(_numeric(v) for v in vectors) else None
+    if not _numeric(a):
+        return None
+    return [a.ravel()] if a.ndim <= 1 or min(a.shape) <= 1 else list(a.T)
 
 
 def _v5_strings(a, path):
@@ -204,6 +224,8 @@ def _index_sets(vectors, n, path, name):
     out = []
     for v in vectors:
         v = v.astype(np.float64)
+        if not v.size:
+            raise JcdlError(path, f"'{name}' is empty")
         if v.size == n and set(np.unique(v)) <= {0.0, 1.0} and (v == 0).any():
             out.append(np.flatnonzero(v))        # logical mask
             continue
@@ -231,16 +253,19 @@ def _is_split(key):
 
 
 def _read_mat_v73(path, K):
-    """(variables, votes N x K, names, {split variable: vectors}) of a
-    MATLAB v7.3 (HDF5) file."""
+    """(votes N x K, names, {split variable: index vectors}) of a MATLAB
+    v7.3 (HDF5) file."""
     import h5py  # noqa: PLC0415
     with h5py.File(path, "r") as f:
         keys = [k for k in f.keys() if not k.startswith("#")]
         _require(keys, path)
+        for k in ("vote", "imgname"):
+            if not isinstance(f[k], h5py.Dataset):
+                raise JcdlError(path, f"'{k}' is a struct, not a matrix")
         votes = _orient_votes(f["vote"][()], K, path)
         names = _mat_strings(f, f["imgname"], len(votes), path)
         sets = {k: _h5_vectors(f, f[k]) for k in keys if _is_split(k)}
-    return keys, votes, names, sets
+    return votes, names, _only_indices(sets)
 
 
 def _read_mat_v5(path, K):
@@ -256,7 +281,12 @@ def _read_mat_v5(path, K):
     votes = _orient_votes(m["vote"], K, path)
     names = _v5_strings(m["imgname"], path)
     sets = {k: _v5_vectors(m[k]) for k in keys if _is_split(k)}
-    return keys, votes, names, sets
+    return votes, names, _only_indices(sets)
+
+
+def _only_indices(sets):
+    """The split variables that hold numbers (not names or notes)."""
+    return {k: v for k, v in sets.items() if v is not None}
 
 
 def _require(keys, path):
@@ -272,7 +302,7 @@ def read_config_mat(path, classes=MIKELS_CLASSES):
     import h5py  # noqa: PLC0415
     K = len(classes)
     reader = _read_mat_v73 if h5py.is_hdf5(path) else _read_mat_v5
-    keys, votes, names, sets = reader(path, K)
+    votes, names, sets = reader(path, K)
     n = votes.shape[0]
     if len(names) != n:
         raise JcdlError(path, f"{len(names)} names in 'imgname', but "
@@ -291,8 +321,8 @@ def read_config_mat(path, classes=MIKELS_CLASSES):
             raise JcdlError(path, f"{where}: all votes are zero")
         P.append(row / row.sum())
         lines.append(None)
-    train_keys = [k for k in keys if "train" in k.lower()]
-    test_keys = [k for k in keys if "test" in k.lower()]
+    train_keys = [k for k in sets if "train" in k.lower()]
+    test_keys = [k for k in sets if "test" in k.lower()]
     splits = None
     if train_keys or test_keys:
         trains = (_index_sets(sets[train_keys[0]], n, path, train_keys[0])
@@ -445,7 +475,7 @@ def prepare(dataset, root, out, test_ratio=0.2, seed=0, splits=None, gt=None,
             classes=None):
     """Reads the dataset and writes OUT (see the module's docstring).
     Returns a summary dict."""
-    root, out = Path(root), Path(out)
+    root, out = Path(root), output_path(out)
     truth = read_ground_truth(dataset, root, gt)
     folders = {"emotion6": ("images", ""), "list": ("",)}.get(
         dataset, ("", "images"))
@@ -468,6 +498,10 @@ def prepare(dataset, root, out, test_ratio=0.2, seed=0, splits=None, gt=None,
             raise JcdlError(truth.path, "only one image: nothing to split")
         chosen = random_splits(n, test_ratio, seed, splits or 1)
         source = f"random, test ratio {test_ratio}, seed {seed}"
+    for given in (truth.path, classes):
+        if given is not None and out.resolve() in Path(given).resolve().parents:
+            raise JcdlError(out, f"holds {given}, which this run reads: "
+                            "choose another output folder")
     if out.exists():
         strangers = [p.name for p in out.iterdir()
                      if not OUR_FILES.fullmatch(p.name)] if out.is_dir() \
@@ -476,7 +510,6 @@ def prepare(dataset, root, out, test_ratio=0.2, seed=0, splits=None, gt=None,
             raise JcdlError(out, "exists and holds other files ("
                             + ", ".join(sorted(strangers)[:3]) + "); choose "
                             "another output folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(out) as tmp:
         _write_split(tmp, names, rel, truth.P, *chosen[0])
         if splits is not None or len(chosen) > 1:
@@ -501,18 +534,6 @@ def _ratio(text):
     return v
 
 
-def _positive(text):
-    import argparse  # noqa: PLC0415
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive "
-                                         "integer")
-    return v
-
-
 def cmd_prepare(args):
     s = prepare(args.dataset, args.root, args.out, args.test_ratio, args.seed,
                 args.splits, args.gt, args.classes)
@@ -534,10 +555,10 @@ def register(sub):
     p.add_argument("--test-ratio", type=_ratio, default=0.2,
                    help="share of images in the test set (default 0.2; "
                         "unused where a .mat file holds the split)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=int_arg(0, 2 ** 63 - 1), default=0,
                    help="seed of the random splits and of train.txt's "
                         "order (default 0)")
-    p.add_argument("--splits", type=_positive, default=None, metavar="N",
+    p.add_argument("--splits", type=int_arg(1, 10000), default=None, metavar="N",
                    help="also write N repeated random splits (or a .mat "
                         "file's first N) in OUT/split1 ... OUT/splitN")
     p.add_argument("--gt", help="the ground-truth file, when it is not "

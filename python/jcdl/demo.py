@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 
 from . import datasets, lmdbio, metrics, netgen, plot, predict, train
-from .common import JcdlError, read_distribution_file, remove
+from .common import (JcdlError, int_arg, output_path, read_distribution_file,
+                     remove)
 
 VARIANTS = {"jcdl": "jcdl", "kl_only": "kl", "softmax_only": "softmax"}
 MARKER = ".jcdl-demo"
@@ -104,7 +105,7 @@ def run_demo(out, iterations=600, n_images=800, seed=0):
     if n_images < MIN_IMAGES:
         raise JcdlError("--images", f"must be at least {MIN_IMAGES} (two "
                         f"of each scene), not {n_images}")
-    out = Path(out)
+    out = output_path(out)
     old = _set_aside(out)
     try:
         out.mkdir(parents=True)
@@ -143,12 +144,13 @@ def _run(out, iterations, n_images, seed):
         _, deploy, solver = netgen.write_nets(
             folder, "small", loss, 0.8, None, dbs["train"], dbs["test"],
             mean=mean, batch=32, crop=32, mirror=True, base_lr=0.01,
-            stepsize=iterations * 2 // 3, max_iter=iterations,
+            stepsize=max(1, iterations * 2 // 3), max_iter=iterations,
             weight_decay=0.0005, snapshot=0,
             test_interval=max(1, iterations // 6),
             display=20, mode="CPU", seed=seed)
         logs[variant] = folder / "train.log"
-        weights = train.train(solver, log=logs[variant], echo=False)
+        weights = train.train(solver, log=logs[variant], echo=False,
+                              interrupt_raises=True)
         results[variant] = predict.evaluate(
             deploy, weights, db=dbs["test"], mean=mean, classes=classes,
             out=folder / "eval")
@@ -235,9 +237,10 @@ def register(sub):
     p.add_argument("--out", default="runs/demo",
                    help="output folder (default runs/demo; an earlier "
                         "demo's folder is replaced)")
-    p.add_argument("--iterations", type=int, default=600,
+    p.add_argument("--iterations", type=int_arg(1), default=600,
                    help="training iterations per variant (default 600)")
-    p.add_argument("--images", type=int, default=800,
+    p.add_argument("--images", type=int_arg(MIN_IMAGES, 10 ** 6),
+                   default=800,
                    help="synthetic images (default 800)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_arg(0, 2 ** 31 - 1), default=0)
     p.set_defaults(func=cmd_demo)

@@ -27,7 +27,7 @@ import cv2
 import lmdb
 import numpy as np
 
-from .common import (JcdlError, atomic_output, check_output_file,
+from .common import (JcdlError, atomic_output, check_output_file, int_arg,
                      import_caffe, make_folder_for, parse_values,
                      quiet_opencv, text_bytes, to_distribution)
 
@@ -128,7 +128,12 @@ def make_datum(entry, list_path, full_path, gray=False, resize_height=0,
         raise JcdlError(list_path, "cannot decode image " + full_path,
                         entry.line)
     if resize_height > 0 and resize_width > 0:
-        img = cv2.resize(img, (resize_width, resize_height))
+        try:
+            img = cv2.resize(img, (resize_width, resize_height))
+        except cv2.error:
+            raise JcdlError(list_path, f"cannot resize image {full_path} to "
+                            f"{resize_width}x{resize_height}",
+                            entry.line) from None
     datum = pb2.Datum()
     if not encode_type:
         chw = img[None] if img.ndim == 2 else img.transpose(2, 0, 1)
@@ -415,10 +420,13 @@ def register(sub):
     p.add_argument("db", help="the LMDB folder to create")
     p.add_argument("--shuffle", action="store_true",
                    help="randomly shuffle the order (reproducible by --seed)")
-    p.add_argument("--seed", type=int, default=0, help="seed of --shuffle")
-    p.add_argument("--resize_height", "--resize-height", type=int, default=0,
+    p.add_argument("--seed", type=int_arg(0, 2 ** 63 - 1), default=0,
+                   help="seed of --shuffle")
+    p.add_argument("--resize_height", "--resize-height",
+                   type=int_arg(0, 65535), default=0,
                    help="height images are resized to (with --resize_width)")
-    p.add_argument("--resize_width", "--resize-width", type=int, default=0,
+    p.add_argument("--resize_width", "--resize-width",
+                   type=int_arg(0, 65535), default=0,
                    help="width images are resized to (with --resize_height)")
     p.add_argument("--gray", action="store_true",
                    help="treat images as grayscale")
@@ -432,7 +440,7 @@ def register(sub):
                    help="lmdb (the only one jcdl writes)")
     p.add_argument("--check_size", "--check-size", action="store_true",
                    help="check that all records have the same data size")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=int_arg(1, 256), default=None,
                    help="decoding threads (default: the CPU count, at most "
                         "8); the records do not depend on it")
     p.set_defaults(func=cmd_convert)

@@ -36,7 +36,8 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from .common import JcdlError, atomic_output, import_caffe
+from .common import (INT32_MAX, JcdlError, atomic_output, import_caffe,
+                     int_arg)
 from .lmdbio import db_info
 
 ARCHS = ("vgg16", "small")
@@ -52,6 +53,9 @@ SOLVER_DEFAULTS = {
     "snapshot": 1000, "test_interval": 100, "display": 20,
     "snapshot_prefix": None, "mode": None, "test_iter": None, "seed": None,
 }
+
+# Values of Caffe's int32 fields; what they must be is checked with a message
+INT32 = int_arg(-INT32_MAX - 1, INT32_MAX)
 
 # The learning-rate policies of Caffe's SGD solvers.
 LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
@@ -291,6 +295,11 @@ def write_nets(out_dir, arch, loss, lam, classes, train_db, test_db,
     if opts["lr_policy"] not in LR_POLICIES:
         raise JcdlError(out_dir, f"--lr-policy {opts['lr_policy']}: Caffe's "
                         f"are {', '.join(LR_POLICIES)}")
+    if opts["lr_policy"] in ("step", "sigmoid") and opts["stepsize"] < 1:
+        raise JcdlError(out_dir, f"--lr-policy {opts['lr_policy']} needs "
+                        "--stepsize of at least 1")
+    if opts["gamma"] < 0:
+        raise JcdlError(out_dir, "--gamma must not be negative")
 
     train_info, test_info = _db(train_db), _db(test_db)
     if train_info is not None:
@@ -374,21 +383,21 @@ def register(sub):
                    "(1 - lambda); kl: KL only; softmax: dominant only")
     p.add_argument("--lambda", dest="lam", type=float, default=0.8,
                    help="weight of the distribution loss (default 0.8)")
-    p.add_argument("--classes", type=int, metavar="K",
+    p.add_argument("--classes", type=INT32, metavar="K",
                    help="number of emotions (default: from the train LMDB)")
     p.add_argument("--train-db", required=True, metavar="DB")
     p.add_argument("--test-db", required=True, metavar="DB")
     p.add_argument("--mean", metavar="FILE", help="mean .binaryproto")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--test-batch", type=int,
+    p.add_argument("--batch", type=INT32, default=32)
+    p.add_argument("--test-batch", type=INT32,
                    help="test batch size (default: --batch)")
-    p.add_argument("--crop", type=int,
+    p.add_argument("--crop", type=INT32,
                    help="crop size (default 224 for vgg16, 32 for small; "
                    "0: the image size)")
     p.add_argument("--mirror", action=argparse.BooleanOptionalAction,
                    default=True,
                    help="random mirroring in training (default on)")
-    p.add_argument("--test-iter", type=int,
+    p.add_argument("--test-iter", type=INT32,
                    help="test batches per test (default: the test LMDB's "
                    "size / test batch, rounded up)")
     g = p.add_argument_group("solver")
@@ -398,11 +407,12 @@ def register(sub):
     g.add_argument("--lr-policy", help="default step")
     for name in ("stepsize", "max_iter", "snapshot", "test_interval",
                  "display"):
-        g.add_argument("--" + name.replace("_", "-"), type=int,
+        g.add_argument("--" + name.replace("_", "-"), type=INT32,
                        help=f"default {SOLVER_DEFAULTS[name]}")
     g.add_argument("--snapshot-prefix",
                    help="default DIR/snapshots/<arch>_<loss>")
     g.add_argument("--mode", choices=("GPU", "CPU"), type=str.upper,
                    help="solver_mode (default GPU for vgg16, CPU for small)")
-    g.add_argument("--seed", type=int, help="the solver's random_seed")
+    g.add_argument("--seed", type=int_arg(-2 ** 63, 2 ** 63 - 1),
+                   help="the solver's random_seed")
     p.set_defaults(func=_run)

@@ -23,9 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import (JcdlError, atomic_output, blob_shape, check_output_file,
-                     check_weights, import_caffe, read_caffemodel,
-                     quiet_opencv, read_distribution_file, use_device,
+from .common import (JcdlError, atomic_output, blob_shape,
+                     check_layer_graph, check_output_file, check_weights,
+                     import_caffe, int_arg, net_layers, quiet_opencv,
+                     read_caffemodel,
+                     read_distribution_file, read_text, use_device,
                      write_distribution_file)
 from . import metrics
 
@@ -39,50 +41,24 @@ def _caffe_pb2():
     return caffe_pb2
 
 
-def _active(layer, phase):
-    """Whether a layer is in the net for ``phase`` (its include/exclude
-    rules, phase only)."""
-    if any(r.HasField("phase") and r.phase == phase for r in layer.exclude):
-        return False
-    if len(layer.include):
-        return any(not r.HasField("phase") or r.phase == phase
-                   for r in layer.include)
-    return True
-
-
 def check_deploy(path):
     """Checks what Python can check of a deploy prototxt before Caffe parses
     it (Caffe aborts on errors): it parses, its layer types exist, bottoms
     are produced, and it has an input."""
-    caffe = import_caffe()
     caffe_pb2 = _caffe_pb2()
     from google.protobuf import text_format  # noqa: PLC0415
     path = Path(path)
-    if not path.is_file():
-        raise JcdlError(path, "no such model (deploy prototxt)")
+    text = read_text(path, "model (deploy prototxt)")
     param = caffe_pb2.NetParameter()
     try:
-        text_format.Merge(path.read_text(errors="replace"), param)
+        text_format.Merge(text, param)
     except text_format.ParseError as e:
         line = e.GetLine() if hasattr(e, "GetLine") else None
         raise JcdlError(path, f"not a Caffe net prototxt: {e}", line) from None
-    known = set(caffe.layer_type_list())
-    available = set(param.input)
-    has_input = bool(param.input)
-    layers = list(param.layer) or list(param.layers)
-    for layer in layers:
-        if not _active(layer, caffe_pb2.TEST):
-            continue
-        if param.layer and layer.type not in known:
-            raise JcdlError(path, f"layer '{layer.name}' has unknown type "
-                            f"'{layer.type}'")
-        if param.layer and layer.type == "Input":
-            has_input = True
-        for bottom in layer.bottom:
-            if bottom not in available:
-                raise JcdlError(path, f"layer '{layer.name}' needs blob "
-                                f"'{bottom}', which no layer before it makes")
-        available.update(layer.top)
+    layers = net_layers(param, caffe_pb2.TEST)
+    check_layer_graph(layers, path, param.input)
+    has_input = bool(param.input) or any(layer.type == "Input"
+                                         for layer in layers)
     if not has_input:
         raise JcdlError(path, "the net has no Input layer: give the deploy "
                         "prototxt (made by 'jcdl netgen'), not train_val")
@@ -190,7 +166,11 @@ class Preprocessor:
             raise JcdlError(path, "cannot decode the image")
         h, w = self.file_size
         if img.shape[:2] != (h, w):
-            img = cv2.resize(img, (w, h))
+            try:
+                img = cv2.resize(img, (w, h))
+            except cv2.error:
+                raise JcdlError(path, f"cannot resize the image to {w}x{h}") \
+                    from None
         return img.reshape(h, w, -1)
 
     def __call__(self, image, name="image"):
@@ -241,7 +221,7 @@ def predict_images(net, images, mean=None, batch=32, size=None):
         mean = read_mean(mean)
     prep = Preprocessor(input_shape(net), mean, size)
     import cv2  # noqa: PLC0415
-    arrays = []
+    outs, pending = [], []   # a batch at a time in memory, outputs kept
     for i, image in enumerate(images):
         if isinstance(image, (str, Path)):
             img = prep.load(image)
@@ -252,9 +232,12 @@ def predict_images(net, images, mean=None, batch=32, size=None):
             if img.shape[:2] != (h, w):
                 img = cv2.resize(img, (w, h))
             name = f"image {i}"
-        arrays.append(prep(img, name))
-    outs = [forward(net, np.stack(arrays[i:i + batch]))
-            for i in range(0, len(arrays), batch)]
+        pending.append(prep(img, name))
+        if len(pending) == batch:
+            outs.append(forward(net, np.stack(pending)))
+            pending = []
+    if pending:
+        outs.append(forward(net, np.stack(pending)))
     K = output_count(net)
     return np.concatenate(outs) if outs else np.zeros((0, K))
 
@@ -436,14 +419,6 @@ def cmd_predict(args):
             "dominant": class_names[int(np.argmax(q))]}))
 
 
-def _positive(text):
-    import argparse  # noqa: PLC0415
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a positive "
-                                         f"integer")
-    return int(text)
-
-
 def _net_args(p):
     p.add_argument("--model", required=True,
                    help="deploy prototxt (an Input layer, ending in Softmax)")
@@ -451,7 +426,7 @@ def _net_args(p):
     p.add_argument("--mean", help="mean image (.binaryproto or .npy) used "
                                   "in training; files are resized to its "
                                   "size, then centre-cropped to the input")
-    p.add_argument("--resize", type=_positive, nargs=2,
+    p.add_argument("--resize", type=int_arg(1, 65535), nargs=2,
                    metavar=("HEIGHT", "WIDTH"),
                    help="the size the training LMDB stored images at "
                    "(convert's --resize_height/--resize_width): image files "
@@ -460,7 +435,7 @@ def _net_args(p):
                    "size (no crop)")
     p.add_argument("--classes", help="emotion names, one per line "
                                      "(classes.txt of 'jcdl prepare')")
-    p.add_argument("--batch", type=_positive, default=32,
+    p.add_argument("--batch", type=int_arg(1, 4096), default=32,
                    help="images per forward (default 32)")
     p.add_argument("--gpu", type=int, help="GPU id (default: CPU)")
 

@@ -39,9 +39,10 @@ import numpy as np
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
-from .common import (JcdlError, blob_count, blob_shape, check_output_file,
-                     check_weights, cuda_libraries, fmt_shape, import_caffe,
-                     read_caffemodel, shape_fits, use_device)
+from .common import (JcdlError, blob_count, blob_shape, check_layer_graph,
+                     check_output_file, check_weights, cuda_libraries,
+                     fmt_shape, import_caffe, make_folder_for, net_layers,
+                     read_caffemodel, read_text, shape_fits, use_device)
 from .lmdbio import db_info
 from .netgen import LR_POLICIES
 from .metrics import summary
@@ -60,11 +61,9 @@ def _pb():
 # ------------------------------------------------------ solver and nets
 
 def _read_text_proto(path, message, what):
-    path = Path(path)
-    if not path.is_file():
-        raise JcdlError(path, f"no such {what}")
+    text = read_text(path, what)
     try:
-        text_format.Merge(path.read_text(errors="replace"), message)
+        text_format.Merge(text, message)
     except text_format.ParseError as e:  # "LINE:COLUMN : what"
         raise JcdlError(path, f"not a valid {what}: "
                         f"{str(e).split(' : ', 1)[-1]}",
@@ -113,7 +112,7 @@ def solver_nets(solver, solver_path):
                         "test_interval > 0")
     if any(n < 1 for n in solver.test_iter):
         raise JcdlError(solver_path, "test_iter must be at least 1")
-    check_solver_fields(solver, solver_path)
+    check_solver_fields(solver, solver_path, len(tests))
     return train, tests
 
 
@@ -121,51 +120,49 @@ def solver_nets(solver, solver_path):
 SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
 
 
-def check_solver_fields(solver, solver_path):
-    if solver.lr_policy not in LR_POLICIES:
-        raise JcdlError(solver_path, f"unknown lr_policy "
-                        f"'{solver.lr_policy}' (Caffe's are "
-                        f"{', '.join(LR_POLICIES)})")
-    if solver.HasField("type") and solver.type not in SOLVER_TYPES:
+def solver_type(solver, solver_path):
+    """The solver's type, from ``type`` or the legacy ``solver_type``."""
+    if solver.HasField("solver_type"):
+        if solver.HasField("type"):
+            raise JcdlError(solver_path, "give the solver's type by 'type' "
+                            "or by the old 'solver_type', not both")
+        return SOLVER_TYPES[solver.solver_type]  # the enum's order
+    if solver.type not in SOLVER_TYPES:
         raise JcdlError(solver_path, f"unknown solver type '{solver.type}' "
                         f"(Caffe's are {', '.join(SOLVER_TYPES)})")
+    return solver.type
+
+
+def check_solver_fields(solver, solver_path, test_nets):
+    """What Caffe's solver CHECKs, most of them only when training reaches
+    them."""
+    solver_type(solver, solver_path)
+    policy = solver.lr_policy
+    if policy not in LR_POLICIES:
+        raise JcdlError(solver_path, f"unknown lr_policy '{policy}' "
+                        f"(Caffe's are {', '.join(LR_POLICIES)})")
+    if policy in ("step", "sigmoid") and solver.stepsize <= 0:
+        raise JcdlError(solver_path, f"lr_policy '{policy}' needs a "
+                        "stepsize > 0")
+    if policy not in ("fixed", "poly") and solver.gamma < 0:
+        raise JcdlError(solver_path, "gamma must not be negative")
     if solver.max_iter < 0:
         raise JcdlError(solver_path, "max_iter must not be negative")
+    if solver.average_loss < 1:
+        raise JcdlError(solver_path, "average_loss must be at least 1")
+    if solver.test_state and len(solver.test_state) != test_nets:
+        raise JcdlError(solver_path, f"{len(solver.test_state)} test_state "
+                        f"entries for {test_nets} test nets")
 
 
 def check_layers(layers, net_file, inputs=()):
-    """What Caffe would abort on while building one phase's net: a layer
-    type it does not know, a bottom no earlier layer (or net input) makes, a
-    batch of 0."""
-    known = set(import_caffe().layer_type_list())
-    made = set(inputs)
+    """What Caffe would abort on while building one phase's net (see
+    check_layer_graph), and a batch of 0."""
+    check_layer_graph(layers, net_file, inputs)
     for layer in layers:
-        if layer.type not in known:
-            raise JcdlError(net_file, f"layer '{layer.name}' has unknown "
-                            f"type '{layer.type}'")
-        for bottom in layer.bottom:
-            if bottom not in made:
-                raise JcdlError(net_file, f"layer '{layer.name}' reads "
-                                f"blob '{bottom}', which no layer before it "
-                                "makes")
         if layer.type == "Data" and layer.data_param.batch_size < 1:
             raise JcdlError(net_file, f"layer '{layer.name}': batch_size "
                             "must be at least 1")
-        made.update(layer.top)
-
-
-def _in_phase(layer, phase):
-    """Whether a layer is in the net of a phase (include/exclude rules by
-    phase; stages and levels are not looked at)."""
-    if layer.include:
-        return any(not r.HasField("phase") or r.phase == phase
-                   for r in layer.include)
-    return not any(r.HasField("phase") and r.phase == phase
-                   for r in layer.exclude)
-
-
-def phase_layers(net, phase):
-    return [layer for layer in net.layer if _in_phase(layer, phase)]
 
 
 def _num_output(layer):
@@ -184,14 +181,14 @@ def _producer(layers, before, blob):
     return None
 
 
-def check_net(net, net_file, phase):
+def check_net(net, net_file, phase, state=None):
     """Checks the Data layers and the distribution losses of one phase of a
     net. Returns (logits, label) blob names of its first distribution loss,
     or None."""
     if not net.layer:
         return None  # a V1 net ('layers'): Caffe upgrades it, not checked
     pb = _pb()
-    layers = phase_layers(net, phase)
+    layers = net_layers(net, phase, state)
     check_layers(layers, net_file, net.input)
     label_k = {}  # label top -> (K, LMDB)
     for layer in layers:
@@ -207,6 +204,9 @@ def check_net(net, net_file, phase):
             continue
         if not Path(source).exists():
             raise JcdlError(source, f"no such LMDB {where}")
+        if not Path(source).is_dir():
+            raise JcdlError(source, f"Caffe reads an LMDB folder: name the "
+                            f"folder that holds data.mdb {where}")
         info = db_info(source)
         lock = Path(source) / "lock.mdb"
         if not os.access(lock if lock.exists() else source, os.W_OK):
@@ -218,8 +218,12 @@ def check_net(net, net_file, phase):
         _check_transform(layer, info, source, net_file)
     found = None
     for i, layer in enumerate(layers):
-        if layer.type not in DISTRIBUTION_LOSSES or len(layer.bottom) < 2:
+        if layer.type not in DISTRIBUTION_LOSSES:
             continue
+        if len(layer.bottom) != 2:
+            raise JcdlError(net_file, f"layer '{layer.name}' ({layer.type}) "
+                            f"takes 2 bottoms (logits, label), not "
+                            f"{len(layer.bottom)}")
         logits, label = layer.bottom[:2]
         found = found or (logits, label)
         if label not in label_k:
@@ -299,9 +303,9 @@ def read_solverstate(path):
     return state, model
 
 
-def check_history(path, state, net):
-    """The solverstate's history blobs must match the net's parameters (one
-    per parameter, or two for Adam and AdaDelta)."""
+def check_history(path, state, net, kind):
+    """The solverstate's history blobs must match the net's parameters: one
+    per parameter, two for Adam and AdaDelta (``kind``, the solver type)."""
     shapes, seen = [], set()
     for layer in net.layers:
         for blob in layer.blobs:
@@ -312,12 +316,12 @@ def check_history(path, state, net):
     history = []
     for blob in state.history:
         history.append((*blob_shape(blob), blob_count(blob)))
-    if len(history) not in (len(shapes), 2 * len(shapes)):
-        raise JcdlError(path, f"has {len(history)} history blobs but the "
-                        f"net has {len(shapes)} parameter blobs (damaged, or "
-                        "from another net?)")
-    for (shape, legacy, count), target in zip(
-            history, shapes * (len(history) // max(len(shapes), 1))):
+    per = 2 if kind in ("Adam", "AdaDelta") else 1
+    if len(history) != per * len(shapes):
+        raise JcdlError(path, f"has {len(history)} history blobs, but the "
+                        f"net's {kind} solver keeps {per * len(shapes)} "
+                        "(damaged, or from another net or solver type?)")
+    for (shape, legacy, count), target in zip(history, shapes * per):
         if not shape_fits(shape, legacy, target) or count != math.prod(shape):
             raise JcdlError(path, f"a history blob of shape {fmt_shape(shape)} "
                             f"({count} values) does not match the net's "
@@ -367,11 +371,12 @@ class Log:
         self.file, self.pending = None, []
         if path:
             target = Path(path)
-            folder = target.parent
+            if not target.is_dir():
+                make_folder_for(target)
             why = ("is a folder" if target.is_dir() else
-                   f"no such folder {folder}" if not folder.is_dir() else
                    "not writable" if not os.access(
-                       target if target.exists() else folder, os.W_OK)
+                       target if target.exists() else target.parent,
+                       os.W_OK)
                    else None)
             if why:
                 raise JcdlError(path, f"cannot write the log ({why})")
@@ -592,9 +597,11 @@ def snapshot_prefix(solver, solver_path):
 
 
 def train(solver_path, weights=None, gpu=None, resume=None, log=None,
-          progress=True, echo=True):
+          progress=True, echo=True, interrupt_raises=False):
     """Trains as ``caffe train`` would; returns the path of the last
-    caffemodel written (None when nothing was snapshotted)."""
+    caffemodel written (None when nothing was snapshotted). Ctrl-C
+    snapshots and returns, or with ``interrupt_raises`` (a caller that
+    trains more than once) raises KeyboardInterrupt after the snapshot."""
     pb = _pb()
     solver_path = str(solver_path)
     param = read_solver(solver_path)
@@ -605,8 +612,11 @@ def train(solver_path, weights=None, gpu=None, resume=None, log=None,
         raise JcdlError(solver_path, "snapshot_format HDF5 is not supported "
                         "by jcdl train (use BINARYPROTO, the default)")
     train_net, test_nets = solver_nets(param, solver_path)
-    check_net(train_net[0], train_net[1], pb.TRAIN)
-    tests = [check_net(net, where, pb.TEST) for net, where in test_nets]
+    check_net(train_net[0], train_net[1], pb.TRAIN,
+              param.train_state if param.HasField("train_state") else None)
+    tests = [check_net(net, where, pb.TEST,
+                       param.test_state[i] if param.test_state else None)
+             for i, (net, where) in enumerate(test_nets)]
     weight_files = [w for w in (weights or "").split(",") if w]
     models = []
     for w in weight_files:
@@ -623,9 +633,19 @@ def train(solver_path, weights=None, gpu=None, resume=None, log=None,
                                         "solverstate")
 
     if log:
+        data = [layer for net in [train_net[0], *(n for n, _ in test_nets)]
+                for layer in net.layer if layer.type == "Data"]
+        means = [layer.transform_param.mean_file for layer in data
+                 if layer.transform_param.mean_file]
         check_output_file(log, solver_path, train_net[1],
                           *(w for _, w in test_nets), *weight_files,
-                          resume, learned)
+                          resume, learned, *means)
+        for layer in data:
+            source = Path(layer.data_param.source)
+            if source.is_dir() and source.resolve() == \
+                    Path(log).resolve().parent:
+                raise JcdlError(log, f"is inside the LMDB {source}: write "
+                                "the log elsewhere")
     caffe = import_caffe()
     logger = Log(log, append=bool(resume), echo=echo)
     try:
@@ -658,7 +678,8 @@ def train(solver_path, weights=None, gpu=None, resume=None, log=None,
                 solver.net.copy_from(w)
             if state is not None:
                 check_weights(learned, learned_model, solver.net)
-                check_history(resume, state, solver.net)
+                check_history(resume, state, solver.net,
+                              solver_type(param, solver_path))
                 logger.info("solver.cpp:296", "Restoring previous solver "
                             f"status from {resume}")
                 if Path(state.learned_net) != learned:
@@ -678,8 +699,11 @@ def train(solver_path, weights=None, gpu=None, resume=None, log=None,
             logger.info("solver.cpp:289", f"Solving {train_net[0].name}")
             logger.info("solver.cpp:290",
                         f"Learning Rate Policy: {param.lr_policy}")
-            return _train_loop(trainer, param, solver_path, gpu, log,
-                               progress)
+            model = _train_loop(trainer, param, solver_path, gpu, log,
+                                progress)
+            if trainer.stop and interrupt_raises:
+                raise KeyboardInterrupt
+            return model
     finally:
         logger.close()
 

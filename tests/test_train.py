@@ -714,3 +714,36 @@ def test_diverging_training_stops_with_a_clear_line(work):
                        "lower base_lr")
     assert proc.returncode == 1
     assert not list((work / "diverge/snapshots").iterdir())
+
+
+STAGED_DATA = '''layer {
+  name: "data"
+  type: "Data"
+  top: "data"
+  top: "label"
+  include { phase: TRAIN stage: "big" }
+  data_param { source: "data/gone_lmdb" batch_size: 8 backend: LMDB }
+}
+'''
+
+
+def test_stage_rules_as_caffe_applies_them(work, trained):
+    """A TRAIN Data layer for stage 'big' only (over an LMDB that is not
+    there): Caffe leaves it out unless the solver's train_state names the
+    stage, and so do jcdl's checks."""
+    solver, _ = trained
+    text = (work / "trained/train_val.prototxt").read_text()
+    head, first, rest = text.partition("layer {")
+    staged = head + STAGED_DATA + first + rest.replace(
+        "phase: TRAIN\n", 'phase: TRAIN\n    not_stage: "big"\n', 1)
+    (work / "staged.prototxt").write_text(staged)
+    base = solver.read_text().replace(
+        "trained/train_val.prototxt", "staged.prototxt").replace(
+        "trained/snapshots", "staged/snapshots")
+    (work / "staged_solver.prototxt").write_text(base)
+    jcdl("train", "--solver", "staged_solver.prototxt", cwd=work)
+    (work / "big_solver.prototxt").write_text(
+        base + 'train_state { stage: "big" }\n')
+    proc = jcdl("train", "--solver", "big_solver.prototxt", cwd=work,
+                check=False)
+    assert_clean_error(proc, "data/gone_lmdb", "no such LMDB")

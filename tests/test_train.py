@@ -747,3 +747,24 @@ def test_stage_rules_as_caffe_applies_them(work, trained):
     proc = jcdl("train", "--solver", "big_solver.prototxt", cwd=work,
                 check=False)
     assert_clean_error(proc, "data/gone_lmdb", "no such LMDB")
+
+
+def test_an_image_smaller_than_the_crop_anywhere_in_the_lmdb(tmp_path):
+    """Images of mixed sizes (converted without --resize): the first fits
+    the crop, a later one does not. Caffe would abort on it mid-run; jcdl
+    train names the record first."""
+    from conftest import write_image
+    from jcdl import lmdbio
+    root = tmp_path / "img"
+    lines = []
+    for i, size in enumerate((40, 40, 20, 40)):
+        write_image(root / f"{i}.png", size, size, seed=i)
+        lines.append(f"{i}.png 1 {i}\n")
+    (tmp_path / "l.txt").write_text("".join(lines))
+    lmdbio.convert(root, tmp_path / "l.txt", tmp_path / "db", progress=False)
+    solver = netgen.write_nets(tmp_path / "net", "small", "jcdl", 0.8, None,
+                               tmp_path / "db", tmp_path / "db", max_iter=2,
+                               test_iter=1)[2]
+    proc = jcdl("train", "--solver", solver, check=False)
+    assert_clean_error(proc, "crop_size 32 is larger than record "
+                       "00000002_2.png (20x20)")

@@ -43,7 +43,7 @@ from .common import (JcdlError, blob_count, blob_shape, check_layer_graph,
                      check_output_file, check_weights, cuda_libraries,
                      fmt_shape, import_caffe, make_folder_for, net_layers,
                      read_caffemodel, read_text, shape_fits, use_device)
-from .lmdbio import db_info
+from .lmdbio import db_info, smallest_raw_image
 from .netgen import LR_POLICIES
 from .metrics import summary
 
@@ -251,6 +251,11 @@ def _check_transform(layer, info, source, net_file):
         raise JcdlError(net_file, f"layer '{layer.name}': crop_size {crop} "
                         f"is larger than the {info['height']}x"
                         f"{info['width']} images of {source}")
+    smallest = smallest_raw_image(source) if crop else None
+    if smallest and crop > min(smallest[1:]):
+        key, h, w = smallest
+        raise JcdlError(net_file, f"layer '{layer.name}': crop_size {crop} "
+                        f"is larger than record {key} ({h}x{w}) of {source}")
     if tp.mean_file:
         mean = Path(tp.mean_file)
         if not mean.is_file():

@@ -306,6 +306,7 @@ def net_layers(net, phase, state=None):
         phase = st.phase if st.HasField("phase") else phase
         level = st.level if st.HasField("level") else level
         stages |= set(st.stage)
+
     def built(layer):
         if layer.include:
             return any(_meets(r, phase, level, stages) for r in layer.include)

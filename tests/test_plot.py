@@ -225,3 +225,8 @@ def test_confusion_and_distribution_plots(tmp_path):
         n=3, images=images))
     assert with_images.shape[1] > plain.shape[1]
     assert not list(tmp_path.glob(".*partial*"))
+    # names are text: a '$' does not start a formula matplotlib cannot parse
+    odd = ["$x^{$", "a_b", "100%", "joy"]
+    assert_png(plot_confusion(m, odd, tmp_path / "odd.png"))
+    assert_png(plot_distributions(["$img_{1.jpg"] * 8, Pm, Qm, odd,
+                                  tmp_path / "oddd.png", n=2))

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import assert_clean_error, jcdl, run, write_image
 from jcdl import metrics
-from jcdl.common import import_caffe, read_distribution_file
+from jcdl.common import JcdlError, import_caffe, read_distribution_file
 from jcdl.predict import (Preprocessor, db_samples, evaluate, load_net,
                           predict_images)
 
@@ -360,3 +360,24 @@ def test_evaluate_never_writes_over_its_inputs_or_a_folder(data, tmp_path):
         assert_clean_error(proc, str(target), what)
     assert gt.read_text() == data["list"].read_text()
     assert (folder / "keep").is_dir()
+
+
+def test_a_failed_evaluate_leaves_an_existing_out_folder_as_it_was(
+        data, tmp_path, monkeypatch):
+    """--out an existing folder: the new files replace the old ones only
+    when all were written; a failure part-way (here: the last plot) changes
+    nothing there."""
+    from jcdl import plot
+    out = tmp_path / "eval"
+    evaluate(data["model"], data["weights"], db=data["db"],
+             mean=data["mean_file"], out=out)
+    (out / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def broken(*args, **kw):
+        raise JcdlError(args[-1] if args else "plot", "the plot failed")
+
+    monkeypatch.setattr(plot, "plot_distributions", broken)
+    with pytest.raises(JcdlError, match="the plot failed"):
+        evaluate(data["model"], data["weights"], db=data["db"], out=out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -112,6 +112,30 @@ def atomic_output(path):
         raise
 
 
+@contextmanager
+def output_folder(path):
+    """Yields a temporary folder for an output folder's files. When the
+    block completes they go to ``path``: a new folder is renamed whole; in
+    an existing one they replace the files of the same names and nothing
+    else is touched. When it fails, nothing at ``path`` has changed."""
+    path = output_path(path)
+    if path.exists() and not path.is_dir():
+        raise JcdlError(path, "exists and is not a folder")
+    if not path.is_dir():
+        with atomic_output(path) as tmp:
+            yield tmp
+        return
+    tmp = path / f".jcdl-new-{os.getpid()}"
+    remove(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        for item in sorted(tmp.iterdir()):
+            os.replace(item, path / item.name)
+    finally:
+        remove(tmp)
+
+
 def check_output_file(path, *inputs):
     """Refuses, before any work, an output file that is a folder or is one
     of the run's inputs (None inputs are skipped)."""

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import JcdlError, atomic_output
+from .common import JcdlError, atomic_output, output_folder
 
 _LOSS = re.compile(r"Iteration (\d+)(?: \([^)]*\))?, loss = (\S+)")
 _LR = re.compile(r"Iteration (\d+), lr = (\S+)")
@@ -37,6 +37,9 @@ _PREFERRED = ("accuracy", "kl", "cosine", "intersection", "chebyshev",
 def _pyplot():
     import matplotlib  # noqa: PLC0415  (slow: only where plots are made)
     matplotlib.use("Agg")
+    # labels are names (emotions, blobs, files): a '$' in one is text, not
+    # the start of a formula matplotlib would fail to parse
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt  # noqa: PLC0415
     return plt
 
@@ -271,13 +274,8 @@ def plot_distributions(names, P, Q, class_names, path, n=6, images=None):
 def cmd_plot(args):
     parse_log(args.log)  # a bad log fails before anything is written
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise JcdlError(out, "exists and is not a folder")
-    if out.is_dir():
-        pngs = plot_log(args.log, out)
-    else:
-        with atomic_output(out) as tmp:
-            pngs = [out / p.name for p in plot_log(args.log, tmp)]
+    with output_folder(out) as tmp:
+        pngs = [out / p.name for p in plot_log(args.log, tmp)]
     for p in pngs + [out / "series.csv"]:
         print(p)
 

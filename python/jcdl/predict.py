@@ -23,12 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import (JcdlError, atomic_output, blob_shape,
-                     check_layer_graph, check_output_file, check_weights,
-                     import_caffe, int_arg, net_layers, quiet_opencv,
-                     read_caffemodel,
-                     read_distribution_file, read_text, use_device,
-                     write_distribution_file)
+from .common import (JcdlError, blob_shape, check_layer_graph,
+                     check_output_file, check_weights, import_caffe, int_arg,
+                     net_layers, output_folder, quiet_opencv,
+                     read_caffemodel, read_distribution_file, read_text,
+                     use_device, write_distribution_file)
 from . import metrics
 
 N_EXAMPLES = 6  # images shown in distributions.png
@@ -358,10 +357,7 @@ def evaluate(model, weights, db=None, list_path=None, root=None, mean=None,
         write_distribution_file(predictions, names_out, Q)
     if out is None:
         return metrics.summary(P, Q)
-    out = Path(out)
-    if out.is_dir():
-        return write_outputs(out, names_out, P, Q, class_names, examples)
-    with atomic_output(out) as tmp:
+    with output_folder(out) as tmp:
         result = write_outputs(tmp, names_out, P, Q, class_names, examples)
     return result
 

@@ -7,7 +7,7 @@
 #             --weights ../models/VGG_ILSVRC_16_layers.caffemodel [-gpu 0]
 #
 # With the GPU build (make cuda: ../build/cuda/build/tools/caffe) it trains on
-# GPU 0. Otherwise it uses the CPU build's caffe (../.venv/bin/caffe, else
+# GPU 0, when that GPU can be used. Otherwise it uses the CPU build's caffe (../.venv/bin/caffe, else
 # caffe on PATH) with a copy of the solver switched to solver_mode CPU
 # (a CPU-only caffe aborts on solver_mode GPU): it works, but VGG-16 on a CPU
 # takes many seconds per iteration. The log goes to train_vgg_gs.log (LOG=...)
@@ -35,6 +35,9 @@ if [ ! -f "$WEIGHTS" ]; then
        "(Caffe Model Zoo, the VGG team's ILSVRC-2014 16-layer model; see" \
        "models/README.md) into models/" >&2
   fail=1
+elif [ ! -s "$WEIGHTS" ]; then
+  echo "$me: $WEIGHTS is empty: download it again (models/README.md)" >&2
+  fail=1
 fi
 # every LMDB (source) and mean file (mean_file) the net reads
 while read -r key path; do
@@ -53,10 +56,19 @@ done < <(sed -n 's/^ *\(source\|mean_file\): "\(.*\)"$/\1 \2/p' "$NET" |
 
 mkdir -p snapshots
 if [ -z "${CAFFE:-}" ]; then
-  if [ -x ../build/cuda/build/tools/caffe ]; then
-    CAFFE=../build/cuda/build/tools/caffe
+  gpu_caffe=../build/cuda/build/tools/caffe
+  if [ -x "$gpu_caffe" ] && "$gpu_caffe" device_query -gpu "${GPU:-0}" \
+       > /dev/null 2>&1; then
+    CAFFE=$gpu_caffe
     GPU=${GPU:-0}
-  elif [ -x ../.venv/bin/caffe ]; then
+  else
+    [ -x "$gpu_caffe" ] && echo "$me: the GPU build cannot use GPU" \
+      "${GPU:-0} here (caffe device_query failed)" >&2
+    unset GPU
+  fi
+fi
+if [ -z "${CAFFE:-}" ]; then
+  if [ -x ../.venv/bin/caffe ]; then
     CAFFE=../.venv/bin/caffe
   else
     CAFFE=$(command -v caffe || true)
@@ -71,7 +83,8 @@ if [ -n "${GPU:-}" ]; then
   "$CAFFE" train --solver "$SOLVER" --weights "$WEIGHTS" -gpu "$GPU" 2>&1 \
     | tee "$LOG"
 else
-  echo "$me: no GPU build (make cuda): training on the CPU with $CAFFE" >&2
+  echo "$me: training on the CPU with $CAFFE (no GPU build, make cuda," \
+       "or none that can use the GPU)" >&2
   sed 's/^solver_mode: GPU$/solver_mode: CPU/' "$SOLVER" \
     > snapshots/solver_cpu.prototxt
   "$CAFFE" train --solver snapshots/solver_cpu.prototxt \

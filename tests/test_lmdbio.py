@@ -247,6 +247,16 @@ def test_a_db_name_ending_in_a_slash(images, tmp_path):
     assert "'-1' is not an integer from 0" in proc.stderr
 
 
+def test_one_resize_side_alone_is_refused(images, tmp_path):
+    root, lst, _ = images
+    cpp, py = both_tools(root, lst, lambda t: tmp_path / t,
+                         "--resize_height=32")
+    assert cpp.stderr.strip() == "convert_imageset_r: --resize_height/" \
+        "--resize_width: give both (or neither)"
+    assert_clean_error(py, "--resize_height/--resize_width: give both")
+    assert not (tmp_path / "c").exists() and not (tmp_path / "p").exists()
+
+
 def test_unknown_encode_type(images, tmp_path):
     root, lst, _ = images
     before = sorted(os.listdir(tmp_path))

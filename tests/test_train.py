@@ -671,12 +671,26 @@ def test_train_vgg_gs_sh_says_what_is_missing(tmp_path):
                  "../data/emotion6/mean.binaryproto"):
         assert f"{path} (in train_val.prototxt) is missing" in err
     assert not (tmp_path / "prototxt/snapshots").exists()
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/VGG_ILSVRC_16_layers.caffemodel").write_bytes(b"")
+    proc = subprocess.run(["bash", "./train_vgg_gs.sh"],
+                          cwd=tmp_path / "prototxt", capture_output=True,
+                          text=True, timeout=60)
+    assert "VGG_ILSVRC_16_layers.caffemodel is empty" in proc.stderr
 
 
-def test_train_vgg_gs_sh_trains_on_the_cpu_build(work, trained, tmp_path):
-    """The script, unchanged, in a tree with the CPU build only: it switches
-    the GPU solver to the CPU and trains from models/...caffemodel."""
+@pytest.mark.parametrize("gpu_build", [False, True])
+def test_train_vgg_gs_sh_trains_on_the_cpu_build(work, trained, tmp_path,
+                                                 gpu_build):
+    """The script, unchanged, in a tree with the CPU build only, or with a
+    GPU build that cannot use GPU 0 (here: a CPU-only caffe in its place):
+    it switches the GPU solver to the CPU and trains from
+    models/...caffemodel."""
     _, prefix = trained
+    if gpu_build:
+        tools = tmp_path / "build/cuda/build/tools"
+        tools.mkdir(parents=True)
+        (tools / "caffe").symlink_to(BIN / "caffe")
     proto = tmp_path / "prototxt"
     shutil.copytree(work / "data", tmp_path / "data")
     netgen.write_nets(proto, "small", "jcdl", 0.8, 7, "../data/train7",
@@ -696,6 +710,7 @@ def test_train_vgg_gs_sh_trains_on_the_cpu_build(work, trained, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "training on the CPU" in proc.stderr
+    assert ("the GPU build cannot use GPU 0 here" in proc.stderr) == gpu_build
     log = (proto / "train_vgg_gs.log").read_text()
     assert "Finetuning from ../models/VGG_ILSVRC_16_layers.caffemodel" in log
     assert "Optimization Done" in log

@@ -310,6 +310,9 @@ int main(int argc, char** argv) {
     if (FLAGS_backend != "lmdb" && FLAGS_backend != "leveldb") {
       fail(FLAGS_backend, 0, "unknown --backend (use lmdb or leveldb)");
     }
+    if ((FLAGS_resize_height > 0) != (FLAGS_resize_width > 0)) {
+      fail("--resize_height/--resize_width", 0, "give both (or neither)");
+    }
     if (!FLAGS_encode_type.empty() &&
         !cv::haveImageWriter("." + FLAGS_encode_type)) {
       fail(FLAGS_encode_type, 0, "unknown --encode_type (OpenCV cannot "

@@ -480,8 +480,8 @@ def use_device(caffe, gpu):
     libraries = cuda_libraries()
     if not libraries:
         raise JcdlError(where, f"--gpu {gpu}: GPU {gpu} cannot be used: this "
-                        "pycaffe is a CPU-only build ('make cuda' builds the "
-                        "GPU one)")
+                        "pycaffe is a CPU-only build ('CUDA=1 make' puts the GPU "
+                        "build in .venv; leave out --gpu to use the CPU)")
     count = _gpu_count(libraries)
     if count is not None and not 0 <= gpu < count:
         raise JcdlError(where, f"--gpu {gpu}: {count} GPU(s) visible")

@@ -220,6 +220,9 @@ def convert(root, list_path, db_path, resize_height=0, resize_width=0,
     if os.path.lexists(db_path):
         raise JcdlError(db_path, "already exists; remove it or choose "
                         "another name")
+    if (resize_height > 0) != (resize_width > 0):
+        raise JcdlError("--resize_height/--resize_width", "give both (or "
+                        "neither)")
     if encode_type and not cv2.haveImageWriter("." + encode_type):
         raise JcdlError(encode_type, "unknown --encode_type (OpenCV cannot "
                         "write it; use jpg or png)")

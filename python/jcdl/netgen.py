@@ -37,7 +37,7 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from .common import (INT32_MAX, JcdlError, atomic_output, import_caffe,
-                     int_arg)
+                     int_arg, make_folder_for)
 from .lmdbio import db_info
 
 ARCHS = ("vgg16", "small")
@@ -346,7 +346,8 @@ def write_nets(out_dir, arch, loss, lam, classes, train_db, test_db,
         "deploy.prototxt": deploy_net(arch, loss, classes, crop),
         "solver.prototxt": solver_param(net_path, opts["test_iter"], opts),
     }
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    # the stock caffe train does not make the snapshot folder (it aborts)
+    make_folder_for(opts["snapshot_prefix"] + "_iter_0")
     paths = []
     for name, proto in nets.items():
         path = Path(out_dir) / name

@@ -773,8 +773,10 @@ def register(sub):
                    help="caffemodel(s) to fine-tune from, comma-separated "
                    "(e.g. models/VGG_ILSVRC_16_layers.caffemodel)")
     p.add_argument("--gpu", type=int, metavar="N",
-                   help="train on GPU N (needs the GPU build); default: the "
-                   "solver's solver_mode")
+                   help="train on GPU N (needs the GPU build in .venv: "
+                   "CUDA=1 make); default: the solver's solver_mode (on the "
+                   "CPU build a GPU solver trains on the CPU, with a "
+                   "warning)")
     p.add_argument("--resume", metavar="STATE",
                    help="continue from a .solverstate snapshot")
     p.add_argument("--log", metavar="FILE",

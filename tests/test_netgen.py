@@ -64,6 +64,7 @@ def test_small_nets_load_in_caffe(data, K):
     assert list(s.test_iter) == [3]  # 25 test images, batches of 10
     assert s.net == str(out / "train_val.prototxt")
     assert s.snapshot_prefix == str(out / "snapshots/small_jcdl")
+    assert (out / "snapshots").is_dir()   # the stock caffe train needs it
     assert s.solver_mode == caffe_pb2.SolverParameter.CPU
 
     # the losses on my_fc8 and the label, lr_mult 10/20 on my_fc8 only

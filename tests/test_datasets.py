@@ -422,6 +422,12 @@ def test_output_folder_with_other_files_is_refused(tmp_path):
         proc = jcdl("prepare", "emotion6", root, out, cwd=tmp_path,
                     check=False)
         assert_clean_error(proc, "name the output")
+    # a classes file in OUT is read before OUT is rewritten: a redo is fine
+    (tmp_path / "out" / "classes.txt").write_text("\n".join(
+        f"e{k}" for k in range(7)) + "\n")
+    jcdl("prepare", "emotion6", root, tmp_path / "out", "--classes",
+         tmp_path / "out" / "classes.txt")
+    assert (tmp_path / "out" / "classes.txt").read_text().startswith("e0\n")
     os.symlink(tmp_path / "out", tmp_path / "link")   # written where it points
     jcdl("prepare", "emotion6", root, tmp_path / "link", "--seed", 2)
     assert (tmp_path / "link").is_symlink()

@@ -382,17 +382,23 @@ def stub_pack(path):
     run.chmod(0o755)
 
 
-def test_run_h200_writes_its_result_files(tmp_path):
+def run_h200(tmp_path, **env):
+    """run_h200.sh on a stub pack (made once per tmp_path) with env added;
+    returns (stdout, the OUT folder). It must exit 0."""
     pack, out = tmp_path / "pack", tmp_path / "out"
-    stub_pack(pack)
-    env = dict(os.environ, OUT=str(out), BUDGET_S="300", SHARDS="3",
-               WORKERS="2")
+    if not pack.exists():
+        stub_pack(pack)
+    proc = subprocess.run([str(BENCH / "run_h200.sh"), str(pack)], cwd=ROOT,
+                          env=dict(os.environ, OUT=str(out), **env),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout, out
+
+
+def test_run_h200_writes_its_result_files(tmp_path):
     # the GPU machine's python3 has torch; here the twin fails, and the
     # results say so (torch_img_per_s null) instead of the run stopping
-    proc = subprocess.run([str(BENCH / "run_h200.sh"), str(pack)], cwd=ROOT,
-                          env=env, capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _, out = run_h200(tmp_path, BUDGET_S="300", SHARDS="3", WORKERS="2")
     assert sorted(p.name for p in out.iterdir()) == [
         "h200-gtest.txt", "h200-loss-layers.json", "h200-raw.tar.gz",
         "h200-run.log", "h200-train-throughput.json"]
@@ -436,24 +442,15 @@ def test_run_h200_keeps_the_benchmarks_within_their_budget(tmp_path):
     """The issue's numbers come first (default, torch twin, loss layers,
     its profile); a spent benchmark budget skips steps instead of eating
     the gtests' time, and the result files are still written."""
-    pack, out = tmp_path / "pack", tmp_path / "out"
-    stub_pack(pack)
-    env = dict(os.environ, OUT=str(out), BUDGET_S="300", SHARDS="1",
-               BENCH_BUDGET_S="5")
-    proc = subprocess.run([str(BENCH / "run_h200.sh"), str(pack)], cwd=ROOT,
-                          env=env, capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    assert "SKIPPED (benchmarks' budget spent)" in proc.stdout
+    log, out = run_h200(tmp_path, BUDGET_S="300", SHARDS="1",
+                        BENCH_BUDGET_S="5")
+    assert "SKIPPED (benchmarks' budget spent)" in log
     t = json.loads((out / "h200-train-throughput.json").read_text())
     assert t["caffe_img_per_s"] is None and t["batch"] == 32
     assert (out / "h200-gtest.txt").read_text().count("[  PASSED  ]") == 4
-    env["BENCH_BUDGET_S"] = "300"
-    proc = subprocess.run([str(BENCH / "run_h200.sh"), str(pack)], cwd=ROOT,
-                          env=dict(env, PARTS="bench"), capture_output=True,
-                          text=True, timeout=120)
+    log, _ = run_h200(tmp_path, PARTS="bench", BENCH_BUDGET_S="300")
     steps = [line.split("] ", 1)[1].split(":")[0].split(" (")[0]
-             for line in proc.stdout.splitlines()
+             for line in log.splitlines()
              if line.startswith("[run_h200") and ("caffe " in line or
                                                   "torch" in line or
                                                   "loss_layers" in line)]
@@ -462,15 +459,9 @@ def test_run_h200_keeps_the_benchmarks_within_their_budget(tmp_path):
 
 
 def run_gtest_only(tmp_path, **env):
-    pack, out = tmp_path / "pack", tmp_path / "out"
-    stub_pack(pack)
-    env = dict(os.environ, OUT=str(out), PARTS="gtest", SHARDS="3", **env)
-    proc = subprocess.run([str(BENCH / "run_h200.sh"), str(pack)], cwd=ROOT,
-                          env=env, capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log, out = run_h200(tmp_path, PARTS="gtest", SHARDS="3", **env)
     assert not (out / "h200-train-throughput.json").exists()  # no bench
-    return proc.stdout, (out / "h200-gtest.txt").read_text()
+    return log, (out / "h200-gtest.txt").read_text()
 
 
 def test_run_h200_follow_up_runs_only_the_named_gtest_jobs(tmp_path):

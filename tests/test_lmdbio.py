@@ -1,5 +1,6 @@
 """jcdl convert / jcdl mean against the C++ tools on real images and LMDBs."""
 import os
+import subprocess
 
 import cv2
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import assert_clean_error, jcdl, run, write_image
+from conftest import BIN, assert_clean_error, jcdl, run, write_image
 from jcdl import lmdbio
 from jcdl.common import JcdlError
 
@@ -255,6 +256,23 @@ def test_one_resize_side_alone_is_refused(images, tmp_path):
         "--resize_width: give both (or neither)"
     assert_clean_error(py, "--resize_height/--resize_width: give both")
     assert not (tmp_path / "c").exists() and not (tmp_path / "p").exists()
+
+
+def test_a_list_from_a_pipe(images, tmp_path):
+    """convert_imageset_r ROOT/ /dev/stdin DB (or <(...)): a list need not
+    be a regular file; a folder is not a list."""
+    root, lst, _ = images
+    for tool, args in (("convert_imageset_r", []), ("jcdl", ["convert"])):
+        proc = subprocess.run([str(BIN / tool), *args, f"{root}/",
+                               "/dev/stdin", str(tmp_path / tool)],
+                              input=lst.read_text(), capture_output=True,
+                              text=True, env=dict(os.environ, **QUIET))
+        assert proc.returncode == 0, proc.stderr
+    assert records(tmp_path / "convert_imageset_r") == records(tmp_path /
+                                                               "jcdl")
+    cpp, py = both_tools(root, tmp_path, lambda t: tmp_path / f"d{t}")
+    for proc in (cpp, py):
+        assert_clean_error(proc, f"{tmp_path}: cannot open the list file")
 
 
 def test_unknown_encode_type(images, tmp_path):

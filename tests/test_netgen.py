@@ -224,6 +224,8 @@ def test_bad_input(data, tmp_path):
     assert_clean_error(proc, "--lr-policy step needs --stepsize of at least 1")
     proc = jcdl(*common, *dbs, "--gamma", -1, check=False)
     assert_clean_error(proc, "--gamma must not be negative")
+    jcdl("netgen", "--out", tmp_path / "fixed", "--arch", "small", *dbs,
+         "--lr-policy", "fixed", "--gamma", -1)   # fixed uses no gamma
     proc = jcdl(*common, *dbs, "--max-iter", 9999999999, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "'9999999999' is not an integer from" in proc.stderr

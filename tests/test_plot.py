@@ -177,6 +177,12 @@ def test_plot_cli(log, tmp_path):
     assert loss == list(zip(series["loss"][0].tolist(),
                             series["loss"][1].tolist()))
     assert {r["series"] for r in rows} == set(series)
+    # '.' is the current folder: the plots go there, beside what is there
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "mine.txt").write_text("kept")
+    jcdl("plot", log, "--out", ".", cwd=here)
+    assert {p.name for p in here.iterdir()} == names | {"mine.txt"}
 
 
 def test_plot_log_api(log, tmp_path):

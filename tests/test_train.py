@@ -783,3 +783,25 @@ def test_an_image_smaller_than_the_crop_anywhere_in_the_lmdb(tmp_path):
     proc = jcdl("train", "--solver", solver, check=False)
     assert_clean_error(proc, "crop_size 32 is larger than record "
                        "00000002_2.png (20x20)")
+
+
+def test_an_lmdb_on_a_read_only_filesystem_trains(work, tmp_path):
+    """On a read-only mount LMDB works without a lock file, and Caffe reads
+    it: the lock check must not refuse it (as for another user's LMDB on a
+    writable disk). Needs the right to bind-mount, which root has here."""
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    bind = subprocess.run(["mount", "--bind", str(work / "data"), str(mnt)],
+                          capture_output=True)
+    if bind.returncode != 0:
+        pytest.skip("no right to bind-mount here: " + bind.stderr.decode())
+    try:
+        ro = subprocess.run(["mount", "-o", "remount,bind,ro", str(mnt)],
+                            capture_output=True)
+        assert ro.returncode == 0, ro.stderr
+        solver = netgen.write_nets(tmp_path / "net", "small", "jcdl", 0.8, 7,
+                                   mnt / "train7", mnt / "test7", max_iter=2,
+                                   test_iter=1)[2]
+        jcdl("train", "--solver", solver)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)

@@ -96,7 +96,10 @@ bool is_file(const string& path) {
 // every row must have the first row's K and a positive, finite sum.
 std::vector<Entry> read_list(const string& list, const string& root) {
   std::ifstream file(list.c_str(), std::ios::binary);
-  if (!file || !is_file(list)) fail(list, 0, "cannot open the list file");
+  struct stat st;
+  if (!file || (stat(list.c_str(), &st) == 0 && S_ISDIR(st.st_mode))) {
+    fail(list, 0, "cannot open the list file");  // a pipe is fine
+  }
   std::ostringstream whole;
   whole << file.rdbuf();
   string data = whole.str();

@@ -117,7 +117,10 @@ def output_folder(path):
     """Yields a temporary folder for an output folder's files. When the
     block completes they go to ``path``: a new folder is renamed whole; in
     an existing one they replace the files of the same names and nothing
-    else is touched. When it fails, nothing at ``path`` has changed."""
+    else is touched ('.' is the current folder). When it fails, nothing at
+    ``path`` has changed."""
+    if Path(path).is_dir():
+        path = Path(os.path.realpath(path))
     path = output_path(path)
     if path.exists() and not path.is_dir():
         raise JcdlError(path, "exists and is not a folder")

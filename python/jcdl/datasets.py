@@ -498,10 +498,11 @@ def prepare(dataset, root, out, test_ratio=0.2, seed=0, splits=None, gt=None,
             raise JcdlError(truth.path, "only one image: nothing to split")
         chosen = random_splits(n, test_ratio, seed, splits or 1)
         source = f"random, test ratio {test_ratio}, seed {seed}"
-    for given in (truth.path, classes):
-        if given is not None and out.resolve() in Path(given).resolve().parents:
-            raise JcdlError(out, f"holds {given}, which this run reads: "
-                            "choose another output folder")
+    # the ground truth would be replaced by a split of itself (a classes
+    # file there is rewritten with the same names: fine)
+    if out.resolve() in Path(truth.path).resolve().parents:
+        raise JcdlError(out, f"holds {truth.path}, which this run reads: "
+                        "choose another output folder")
     if out.exists():
         strangers = [p.name for p in out.iterdir()
                      if not OUR_FILES.fullmatch(p.name)] if out.is_dir() \

@@ -482,7 +482,7 @@ def register(sub):
                    help="lmdb (the only one jcdl writes)")
     p.add_argument("--check_size", "--check-size", action="store_true",
                    help="check that all records have the same data size")
-    p.add_argument("--threads", type=int_arg(1, 256), default=None,
+    p.add_argument("--threads", type=int_arg(0, 256), default=None,
                    help="decoding threads (default: the CPU count, at most "
                         "8); the records do not depend on it")
     p.set_defaults(func=cmd_convert)

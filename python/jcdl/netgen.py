@@ -298,7 +298,7 @@ def write_nets(out_dir, arch, loss, lam, classes, train_db, test_db,
     if opts["lr_policy"] in ("step", "sigmoid") and opts["stepsize"] < 1:
         raise JcdlError(out_dir, f"--lr-policy {opts['lr_policy']} needs "
                         "--stepsize of at least 1")
-    if opts["gamma"] < 0:
+    if opts["lr_policy"] not in ("fixed", "poly") and opts["gamma"] < 0:
         raise JcdlError(out_dir, "--gamma must not be negative")
 
     train_info, test_info = _db(train_db), _db(test_db)

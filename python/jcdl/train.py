@@ -209,7 +209,9 @@ def check_net(net, net_file, phase, state=None):
                             f"folder that holds data.mdb {where}")
         info = db_info(source)
         lock = Path(source) / "lock.mdb"
-        if not os.access(lock if lock.exists() else source, os.W_OK):
+        read_only_fs = os.statvfs(source).f_flag & os.ST_RDONLY  # no lock
+        if not read_only_fs and not os.access(
+                lock if lock.exists() else source, os.W_OK):
             raise JcdlError(source, "Caffe opens an LMDB by writing its "
                             "lock.mdb, which cannot be written here "
                             f"{where}: copy the LMDB somewhere writable")

@@ -805,3 +805,23 @@ def test_an_lmdb_on_a_read_only_filesystem_trains(work, tmp_path):
         jcdl("train", "--solver", solver)
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_temporaries_of_dead_runs_are_removed(work):
+    """A run Caffe aborted (or that was killed) leaves its .jcdl-train-PID-*
+    folder; the next run in that snapshot folder removes it, and leaves a
+    live process's alone."""
+    solver = small_solver(work, "stale", 7, max_iter=2, snapshot=0,
+                          test_interval=2)
+    folder = work / "stale/snapshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = folder / f".jcdl-train-{gone.pid}-x1"
+    live = folder / f".jcdl-train-{os.getpid()}-x2"
+    for d in (dead, live):
+        d.mkdir()
+        (d / "snapshot_iter_1.caffemodel").write_bytes(b"partial")
+    jcdl("train", "--solver", solver.relative_to(work), cwd=work)
+    assert not dead.exists() and live.is_dir()
+    shutil.rmtree(live)

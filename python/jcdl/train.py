@@ -603,6 +603,21 @@ def snapshot_prefix(solver, solver_path):
     return solver.snapshot_prefix
 
 
+def remove_stale_temporaries(folder):
+    """Removes the temporary folders of earlier runs in the snapshot folder
+    whose process is gone (Caffe aborted it, or it was killed)."""
+    for stale in folder.glob(".jcdl-train-*-*"):
+        pid = stale.name.split("-")[2]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(stale, ignore_errors=True)
+        except PermissionError:  # another user's live process
+            pass
+
+
 def train(solver_path, weights=None, gpu=None, resume=None, log=None,
           progress=True, echo=True, interrupt_raises=False):
     """Trains as ``caffe train`` would; returns the path of the last
@@ -661,8 +676,9 @@ def train(solver_path, weights=None, gpu=None, resume=None, log=None,
         folder = Path(os.path.dirname(prefix + "_iter_0") or ".")
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            temporary = tempfile.TemporaryDirectory(prefix=".jcdl-train-",
-                                                    dir=folder)
+            remove_stale_temporaries(folder)
+            temporary = tempfile.TemporaryDirectory(
+                prefix=f".jcdl-train-{os.getpid()}-", dir=folder)
         except OSError as e:
             raise JcdlError(folder, "cannot write snapshots here "
                             f"({e.strerror})") from None

@@ -99,6 +99,14 @@ def test_infinite_kl_is_null_in_strict_json(tmp_path):
         assert out["chebyshev"] == pytest.approx(1 / 3)
 
 
+def test_strict_json_of_nested_summaries():
+    """jcdl demo's metrics.json holds a summary per variant: the same rule
+    (null, not Infinity) holds inside."""
+    text = metrics.to_json({"a": {"kl": math.inf, "n": 2}, "b": {"kl": 0.5}})
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(c)) == {
+        "a": {"kl": None, "n": 2}, "b": {"kl": 0.5}}
+
+
 def test_confusion_and_per_class():
     P = np.array([[.7, .2, .1], [.1, .8, .1], [.1, .1, .8], [.5, .5, 0]])
     Q = np.array([[.6, .3, .1], [.6, .3, .1], [.1, .2, .7], [.3, .6, .1]])

@@ -12,7 +12,6 @@ train -> evaluate, training the same small net three times with the same
 seed and budget: the joint JCDL loss, the KL loss alone and the softmax loss
 alone.
 """
-import json
 import os
 import sys
 import time
@@ -154,7 +153,8 @@ def _run(out, iterations, n_images, seed):
         results[variant] = predict.evaluate(
             deploy, weights, db=dbs["test"], mean=mean, classes=classes,
             out=folder / "eval")
-    (out / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "metrics.json").write_text(metrics.to_json(results, indent=2)
+                                      + "\n")
     plot.plot_training_curves(logs, out / "training_curves.png")
     ceiling = scene_ceiling(lists / "test.txt", truth)
     write_report(out, results, ceiling, iterations, n_images,

@@ -85,12 +85,18 @@ def summary(P, Q):
     return out
 
 
+def _finite_or_null(value):
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    return None if isinstance(value, float) and not np.isfinite(value) \
+        else value
+
+
 def to_json(result, indent=None):
-    """The summary as strict JSON: a non-finite value (an infinite KL)
-    becomes null."""
-    return json.dumps({k: (None if isinstance(v, float) and not np.isfinite(v)
-                           else v) for k, v in result.items()},
-                      allow_nan=False, indent=indent)
+    """A summary (or a dict of summaries) as strict JSON: a non-finite value
+    (an infinite KL) becomes null."""
+    return json.dumps(_finite_or_null(result), allow_nan=False,
+                      indent=indent)
 
 
 def confusion(P, Q):

@@ -249,8 +249,6 @@ def read_distribution_rows(path, *, what="distribution file"):
     """Reads ``name p_1 ... p_K`` lines (blank lines skipped). Returns
     (names, P, line numbers), P float64 (n, K) with rows normalised to 1."""
     path = Path(path)
-    if not path.is_file():
-        raise JcdlError(path, f"no such {what}")
     names, rows, lines, K = [], [], [], None
     for line_no, tokens, newline in read_lines(path, what):
         if len(tokens) < 2:

@@ -37,7 +37,7 @@ caffe: $(VENV)/.installed
 	@caffe_KL/build.sh $(FLAVOUR)
 
 install: caffe
-	@for t in $(TOOLS); do ln -sfn $(CURDIR)/build/$(FLAVOUR)/build/tools/$$t $(VENV)/bin/$$t; done
+	@tools/install_tools.sh $(VENV) $(CURDIR)/build/$(FLAVOUR)/build/tools $(SITE) $(TOOLS)
 	@echo $(CURDIR)/build/$(FLAVOUR)/src/python > $(SITE)/pycaffe.pth
 	@$(PY) -c 'import caffe, jcdl' && echo "[make] ready: . $(VENV)/bin/activate  (caffe, convert_imageset_r, jcdl, python with pycaffe)"
 

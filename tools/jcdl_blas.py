@@ -1,0 +1,218 @@
+"""The OpenBLAS kernel Caffe runs on, chosen before libopenblas loads.
+
+OpenBLAS built with DYNAMIC_ARCH (Debian's is) picks its kernel when the
+library loads, from the CPU's family and model. A CPU newer than the library
+is not in its tables, and it falls back to its oldest x86-64 kernel,
+"Prescott" (SSE3): Debian 12's OpenBLAS 0.3.21 does this on family 6
+model 207, where its sgemm runs at about a seventh of the right kernel's
+speed. The library reads OPENBLAS_CORETYPE in that same constructor, so the
+choice has to be in the environment before the library is loaded.
+
+The rule (``choose``):
+- a user's own OPENBLAS_CORETYPE (set, even empty) is never touched;
+- OpenBLAS's own choice is kept unless it is the fallback (``FALLBACKS``);
+- then the best kernel whose instruction sets are all in the CPU's flags
+  (/proc/cpuinfo, where Linux lists only what it has enabled), so never a
+  kernel the CPU cannot run; none (the fallback stays) when none fits.
+
+OpenBLAS's own choice is read by loading the library in a child process
+with OPENBLAS_CORETYPE unset (``probe``, about 30 ms) and cached per CPU
+and library in ~/.cache/jcdl/openblas-core, so a start costs a read
+of /proc/cpuinfo and of that file (under a millisecond).
+
+Where it applies (make install): jcdl_blas.pth in .venv's site-packages runs
+``apply()`` when .venv/bin/python starts (pycaffe, jcdl, a notebook on that
+kernel, and what they start, since it is in the environment); the Caffe
+tools in .venv/bin are small scripts that run ``python -I -S jcdl_blas.py
+--kernel`` and exec the binary. Only the standard library is used, so both
+work without site-packages.
+
+    python jcdl_blas.py            what it sees and decides, as JSON
+    python jcdl_blas.py --kernel   the value to set, or nothing
+"""
+import os
+import sys
+
+ENV = "OPENBLAS_CORETYPE"
+LIB = "libopenblas.so.0"  # the name libcaffe is linked with
+# what DYNAMIC_ARCH loads for a CPU it does not know (driver/others/dynamic.c)
+FALLBACKS = ("prescott",)
+# best first: an OpenBLAS core name and the cpuinfo flags its kernels use.
+# Cooperlake's sgemm is SkylakeX's (it adds bf16 routines Caffe never
+# calls; measured equal here), so AVX-512 gets SkylakeX.
+LADDER = (
+    ("SkylakeX", ("avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl",
+                  "avx2", "fma")),
+    ("Haswell", ("avx2", "fma", "avx")),
+    ("Sandybridge", ("avx",)),
+    ("Nehalem", ("sse4_2", "sse4_1", "ssse3")),
+)
+CACHE_VERSION = 1
+
+
+def cpu_info(path="/proc/cpuinfo"):
+    """(signature, flags) of the first CPU listed: the signature names it
+    (vendor, family, model, stepping, flags) for the cache; flags is a set.
+    Empty on a system without /proc/cpuinfo."""
+    fields = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        return "", set()
+    flags = fields.get("flags", "")
+    sig = "|".join(fields.get(k, "") for k in (
+        "vendor_id", "cpu family", "model", "stepping")) + "|" + flags
+    return sig, set(flags.split())
+
+
+def best_for_flags(flags):
+    """The best kernel of LADDER that the CPU can run, or None."""
+    for core, needs in LADDER:
+        if all(n in flags for n in needs):
+            return core
+    return None
+
+
+def choose(own, flags):
+    """The kernel to set, given OpenBLAS's own choice: None to keep it."""
+    if not own or own.lower() not in FALLBACKS:
+        return None
+    best = best_for_flags(flags)
+    if best is None or best.lower() == own.lower():
+        return None
+    return best
+
+
+_PROBE = r"""
+import ctypes, os, sys
+lib = ctypes.CDLL(sys.argv[1])
+f = lib.openblas_get_corename
+f.restype = ctypes.c_char_p
+path = ""
+with open("/proc/self/maps") as maps:
+    for line in maps:
+        p = line.split()[-1]
+        if "openblas" in os.path.basename(p) and p.startswith("/"):
+            path = p
+            break
+print(f().decode())
+print(path)
+"""
+
+
+def probe(lib=LIB, python=None):
+    """(core, library path) that OpenBLAS picks by itself: loads it in a
+    child with OPENBLAS_CORETYPE unset and one thread. None on failure."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in (ENV, "OPENBLAS_VERBOSE")}
+    env["OPENBLAS_NUM_THREADS"] = "1"
+    import subprocess  # here: the start-up path only reads the cache
+    try:
+        r = subprocess.run([python or sys.executable, "-I", "-S", "-c",
+                            _PROBE, lib], env=env, capture_output=True,
+                           text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = r.stdout.splitlines()
+    if r.returncode != 0 or len(lines) < 2 or not lines[0]:
+        return None
+    return lines[0], lines[1]
+
+
+def _stat(path):
+    try:
+        st = os.stat(path)
+        return f"{st.st_size} {st.st_mtime_ns} {st.st_ino}"
+    except OSError:
+        return "-"
+
+
+def cache_path():
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "jcdl", "openblas-core")
+
+
+def _key(sig, lib):
+    # what that CPU is and what decides which file the loader opens
+    return "\t".join((str(CACHE_VERSION), sig, lib,
+                      os.environ.get("LD_LIBRARY_PATH", ""),
+                      _stat("/etc/ld.so.cache"))).replace("\n", " ")
+
+
+def own_choice(lib=LIB, sig=None, use_cache=True):
+    """OpenBLAS's own kernel on this CPU (cached), or None if unknown."""
+    if sig is None:
+        sig = cpu_info()[0]
+    key = _key(sig, lib)
+    path = cache_path()
+    if use_cache:  # four lines: key, core, library path, its stat
+        try:
+            with open(path) as f:
+                lines = f.read().split("\n")
+            if (len(lines) >= 4 and lines[0] == key and lines[1]
+                    and _stat(lines[2]) == lines[3]):
+                return lines[1]
+        except (OSError, UnicodeDecodeError):
+            pass
+    found = probe(lib)
+    if found is None:
+        return None
+    core, libpath = found
+    try:  # best effort: a read-only home just probes every time
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write("\n".join((key, core, libpath, _stat(libpath))) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return core
+
+
+def kernel():
+    """The OPENBLAS_CORETYPE to set now, or None (keep what is there)."""
+    if ENV in os.environ:
+        return None
+    sig, flags = cpu_info()
+    if not flags:
+        return None
+    best = best_for_flags(flags)
+    if best is None:
+        return None  # no better kernel to offer: no need to probe
+    return choose(own_choice(sig=sig), flags)
+
+
+def apply():
+    """Sets OPENBLAS_CORETYPE in this process's environment when OpenBLAS's
+    own choice would be its fallback. Never raises (it runs at start-up)."""
+    try:
+        k = kernel()
+        if k:
+            os.environ[ENV] = k
+    except Exception:  # a start-up hook must not stop Python
+        pass
+
+
+def report():
+    sig, flags = cpu_info()
+    own = own_choice(sig=sig)
+    return {"user_setting": os.environ.get(ENV), "own_choice": own,
+            "best_for_flags": best_for_flags(flags),
+            "override": None if ENV in os.environ else choose(own, flags),
+            "cache": cache_path()}
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--kernel"]:
+        print(kernel() or "")
+    elif sys.argv[1:]:
+        sys.exit("usage: jcdl_blas.py [--kernel]")
+    else:
+        import json
+        print(json.dumps(report(), indent=2))

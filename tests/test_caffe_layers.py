@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import run, write_image
-from jcdl.common import import_caffe
+from jcdl.caffenet import import_caffe
 
 caffe = import_caffe()
 from caffe import layers as L  # noqa: E402

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from conftest import assert_clean_error, jcdl, write_image
 from jcdl import datasets, lmdbio
-from jcdl.common import JcdlError
+from jcdl.errors import JcdlError
 
 HEADER = ("[image_filename]\t[valence]\t[arousal]\t[prob. anger]\t"
           "[prob. disgust]\t[prob. fear]\t[prob. joy]\t[prob. sadness]\t"
@@ -265,7 +265,7 @@ def test_list_dataset_and_classes(tmp_path):
     proc = jcdl("prepare", "list", root, tmp_path / "c", "--gt",
                 tmp_path / "my.txt", "--classes", tmp_path / "my.txt",
                 check=False)
-    assert_clean_error(proc, "my.txt: 5 class names", "3 emotions")
+    assert_clean_error(proc, "my.txt: 5 class names", "3 values (emotions)")
 
 
 # ------------------------------------------------------------------ errors

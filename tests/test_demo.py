@@ -10,7 +10,8 @@ import pytest
 
 from conftest import BIN, assert_clean_error, jcdl
 from jcdl import demo, metrics
-from jcdl.common import JcdlError, read_distribution_file
+from jcdl.errors import JcdlError
+from jcdl.lists import read_distributions
 
 KEYS = set(metrics.MEASURES) | {"accuracy", "n"}
 
@@ -33,7 +34,7 @@ def test_demo_small_budget(tmp_path):
         assert again["kl"] == pytest.approx(r["kl"], abs=1e-6)
     # every variant learned something: the distribution losses beat the
     # uniform distribution, and all beat chance on the dominant emotion
-    P = read_distribution_file(out / "lists" / "test.txt")[1]
+    P = read_distributions(out / "lists" / "test.txt")[1]
     uniform = metrics.summary(P, P * 0 + 1 / P.shape[1])
     for variant in ("jcdl", "kl_only"):
         assert results[variant]["kl"] < uniform["kl"], variant

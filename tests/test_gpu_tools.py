@@ -15,7 +15,7 @@ import pytest
 from google.protobuf import text_format
 
 from conftest import ROOT
-from jcdl.common import import_caffe
+from jcdl.caffenet import import_caffe
 
 caffe = import_caffe()
 pb = caffe.proto.caffe_pb2

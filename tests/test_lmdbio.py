@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from conftest import BIN, assert_clean_error, jcdl, run, write_image
 from jcdl import lmdbio
-from jcdl.common import JcdlError
+from jcdl.caffenet import caffe_pb2
+from jcdl.errors import JcdlError
 
 QUIET = {"GLOG_minloglevel": "2"}
 
@@ -116,7 +117,7 @@ def bad_inputs(tmp, root):
     good = "good.png 1 2 3\n"
     return {
         "missing list": (None, "list.txt: cannot open the list file"),
-        "empty list": ("\n  \n", "list.txt: the list is empty"),
+        "empty list": ("\n  \n", "list.txt: the list file is empty"),
         "missing image": (good + "gone.png 1 1 1\n",
                           "list.txt:2: image not found: "),
         "undecodable image": (good + good + "broken.png 1 1 1\n",
@@ -340,7 +341,7 @@ def test_check_size(images, tmp_path):
 # ------------------------------------------------------------------ mean
 
 def read_blob(path):
-    blob = lmdbio.proto().BlobProto()
+    blob = caffe_pb2().BlobProto()
     blob.ParseFromString(path.read_bytes())
     return blob
 

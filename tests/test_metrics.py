@@ -199,4 +199,4 @@ def test_score_bad_input(tmp_path, gt, pred, fragments):
 def test_score_missing_file(tmp_path):
     (tmp_path / "gt.txt").write_text("a 1 0\n")
     proc = jcdl("score", tmp_path / "gt.txt", tmp_path / "nope.txt", check=False)
-    assert_clean_error(proc, "nope.txt", "no such prediction file")
+    assert_clean_error(proc, "nope.txt", "cannot open the prediction file")

@@ -11,7 +11,7 @@ from google.protobuf import text_format
 
 from conftest import ROOT, assert_clean_error, jcdl
 from jcdl import netgen
-from jcdl.common import import_caffe
+from jcdl.caffenet import import_caffe
 from test_train import make_lmdb, make_mean
 
 caffe = import_caffe()

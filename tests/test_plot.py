@@ -8,9 +8,17 @@ import numpy as np
 import pytest
 
 from conftest import assert_clean_error, jcdl, run
-from jcdl.common import import_caffe
-from jcdl.plot import (parse_log, plot_confusion, plot_distributions,
-                       plot_log, plot_training_curves)
+from jcdl.caffenet import import_caffe
+from jcdl.plot import (confusion_figure, curves_figure, distributions_figure,
+                       histogram_figure, parse_log, plot_log, save_figure)
+
+
+def plot_confusion(m, classes, path):
+    return save_figure(confusion_figure(m, classes), path)
+
+
+def plot_distributions(names, P, Q, classes, path, **kw):
+    return save_figure(distributions_figure(names, P, Q, classes, **kw), path)
 
 caffe = import_caffe()
 from caffe import layers as L, params as P  # noqa: E402
@@ -208,8 +216,9 @@ def test_plot_bad_logs(tmp_path):
 def test_training_curves_overlay(log, tmp_path):
     other = tmp_path / "other.log"
     other.write_text(log.read_text().replace("loss = ", "loss = 1"))
-    path = plot_training_curves({"jcdl": log, "kl_only": other,
-                                 "softmax_only": log}, tmp_path / "c.png")
+    path = save_figure(curves_figure({"jcdl": log, "kl_only": other,
+                                      "softmax_only": log}),
+                       tmp_path / "c.png")
     img = assert_png(path)
     # loss + accuracy + loss_kl + loss_cls test panels: a grid of 2 rows
     assert img.shape[0] > img.shape[1] / 3

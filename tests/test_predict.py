@@ -9,9 +9,27 @@ import pytest
 
 from conftest import assert_clean_error, jcdl, run, write_image
 from jcdl import metrics
-from jcdl.common import JcdlError, import_caffe, read_distribution_file
-from jcdl.predict import (Preprocessor, db_samples, evaluate, load_net,
-                          predict_images)
+from jcdl.errors import JcdlError
+from jcdl.lists import read_distributions
+from jcdl.caffenet import import_caffe
+from jcdl.evaluate import evaluate, write_evaluation
+from jcdl.files import output_folder
+from jcdl.predict import Preprocessor, db_samples, load_model
+
+
+def evaluate_files(model, weights, db=None, list_path=None, root=None,
+                   mean=None, classes=None, out=None, batch=32,
+                   predictions=None):
+    """What 'jcdl evaluate' does, through the library functions it calls."""
+    from jcdl.lists import write_distributions
+    ev = evaluate(load_model(model, weights, mean, classes=classes), db=db,
+                  list_path=list_path, root=root, batch=batch)
+    if predictions is not None:
+        write_distributions(predictions, ev.names, ev.Q)
+    if out is not None:
+        with output_folder(out) as tmp:
+            write_evaluation(ev, tmp)
+    return ev.summary
 
 caffe = import_caffe()
 from caffe import layers as L  # noqa: E402
@@ -80,7 +98,7 @@ def data(tmp_path_factory):
     write_deploy(d / "deploy.prototxt")
     W, b = write_weights(d / "deploy.prototxt", d / "model.caffemodel")
     (d / "classes.txt").write_text("\n".join(CLASSES) + "\n")
-    _, P_list = read_distribution_file(d / "test.txt")
+    _, P_list, _ = read_distributions(d / "test.txt")
     return dict(dir=d, root=root, images=images, P=P_list, mean=mean, W=W,
                 b=b, list=d / "test.txt", db=d / "test_lmdb",
                 mean_file=d / "mean.binaryproto",
@@ -102,12 +120,12 @@ def assert_png(path, min_size=100):
 
 def test_evaluate_db_equals_numpy(data, tmp_path):
     out = tmp_path / "eval"
-    result = evaluate(data["model"], data["weights"], db=data["db"],
+    result = evaluate_files(data["model"], data["weights"], db=data["db"],
                       mean=data["mean_file"], classes=data["classes"],
                       out=out, batch=4)
     expected = hand_predict(data["images"], data["mean"], data["W"],
                             data["b"])
-    names, Q = read_distribution_file(out / "predictions.txt")
+    names, Q, _ = read_distributions(out / "predictions.txt")
     assert names == data["names"]
     np.testing.assert_allclose(Q, expected, rtol=1e-5, atol=1e-7)
     want = metrics.summary(data["P"], expected)
@@ -172,12 +190,12 @@ def test_list_resize_matches_convert_imageset_r(data, tmp_path):
     run("convert_imageset_r", "--resize_height", IMG_H, "--resize_width",
         IMG_W, f"{root}/", tmp_path / "l.txt", tmp_path / "db")
     kw = dict(mean=data["mean_file"], out=None)
-    evaluate(data["model"], data["weights"], db=tmp_path / "db",
+    evaluate_files(data["model"], data["weights"], db=tmp_path / "db",
              predictions=tmp_path / "a.txt", **kw)
-    evaluate(data["model"], data["weights"], list_path=tmp_path / "l.txt",
+    evaluate_files(data["model"], data["weights"], list_path=tmp_path / "l.txt",
              root=root, predictions=tmp_path / "b.txt", **kw)
-    _, Qa = read_distribution_file(tmp_path / "a.txt")
-    _, Qb = read_distribution_file(tmp_path / "b.txt")
+    _, Qa, _ = read_distributions(tmp_path / "a.txt")
+    _, Qb, _ = read_distributions(tmp_path / "b.txt")
     np.testing.assert_allclose(Qa, Qb, rtol=1e-6, atol=1e-8)
 
 
@@ -186,7 +204,7 @@ def test_evaluate_without_mean_resizes_to_input(data, tmp_path):
     out = tmp_path / "existing"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    result = evaluate(data["model"], data["weights"], list_path=data["list"],
+    result = evaluate_files(data["model"], data["weights"], list_path=data["list"],
                       root=data["root"], predictions=tmp_path / "p.txt",
                       out=out)
     assert (out / "keep.txt").read_text() == "mine"  # an --out folder kept
@@ -195,7 +213,7 @@ def test_evaluate_without_mean_resizes_to_input(data, tmp_path):
     resized = [cv2.resize(img, (IN_W, IN_H)) for img in data["images"]]
     expected = hand_predict(resized, np.zeros((3, IN_H, IN_W), np.float32),
                             W, b)
-    _, Q = read_distribution_file(tmp_path / "p.txt")
+    _, Q, _ = read_distributions(tmp_path / "p.txt")
     np.testing.assert_allclose(Q, expected, rtol=1e-5, atol=1e-7)
     assert result["n"] == N
 
@@ -209,8 +227,8 @@ def test_resize_without_mean_crops_as_training_did(data, tmp_path):
          tmp_path / "db.txt")
     jcdl("evaluate", *common, "--list", data["list"], "--root", data["root"],
          "--resize", IMG_H, IMG_W, "--predictions", tmp_path / "list.txt")
-    _, Q_db = read_distribution_file(tmp_path / "db.txt")
-    _, Q_list = read_distribution_file(tmp_path / "list.txt")
+    _, Q_db, _ = read_distributions(tmp_path / "db.txt")
+    _, Q_list, _ = read_distributions(tmp_path / "list.txt")
     np.testing.assert_allclose(Q_list, Q_db, atol=1e-7)
     cropped = [img[1:1 + IN_H, 2:2 + IN_W] for img in data["images"]]
     np.testing.assert_allclose(Q_db, hand_predict(
@@ -242,13 +260,23 @@ def test_predict_cli(data):
         assert line["dominant"] == CLASSES[int(np.argmax(q))]
 
 
-def test_predict_images_api_arrays_and_paths(data):
-    net = load_net(data["model"], data["weights"])
+def test_predict_api_arrays_paths_and_bytes(data):
+    model = load_model(data["model"], data["weights"], data["mean_file"],
+                       classes=data["classes"])
+    assert model.classes == CLASSES and model.K == K
     paths = [data["root"] / n for n in data["names"]]
-    by_path = predict_images(net, paths, data["mean_file"], batch=4)
-    by_array = predict_images(net, data["images"], data["mean"])
+    by_path = model.predict(paths, batch=4)
+    by_array = load_model(data["model"], data["weights"],
+                          data["mean"]).predict(data["images"])
+    by_bytes = model.predict([p.read_bytes() for p in paths], batch=4)
     assert by_path.shape == (N, K)
     assert np.array_equal(by_path, by_array)
+    assert np.array_equal(by_path, by_bytes)
+    records = model.records([str(p) for p in paths], by_path)
+    assert records[0]["image"] == str(paths[0])
+    assert list(records[0]["distribution"]) == CLASSES
+    with pytest.raises(JcdlError, match="cannot decode the image"):
+        model.predict([b"not an image"], names=["upload.jpg"])
     np.testing.assert_allclose(
         by_path, hand_predict(data["images"], data["mean"], data["W"],
                               data["b"]), rtol=1e-5, atol=1e-7)
@@ -369,7 +397,7 @@ def test_a_failed_evaluate_leaves_an_existing_out_folder_as_it_was(
     nothing there."""
     from jcdl import plot
     out = tmp_path / "eval"
-    evaluate(data["model"], data["weights"], db=data["db"],
+    evaluate_files(data["model"], data["weights"], db=data["db"],
              mean=data["mean_file"], out=out)
     (out / "notes.txt").write_text("mine")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -377,7 +405,7 @@ def test_a_failed_evaluate_leaves_an_existing_out_folder_as_it_was(
     def broken(*args, **kw):
         raise JcdlError(args[-1] if args else "plot", "the plot failed")
 
-    monkeypatch.setattr(plot, "plot_distributions", broken)
+    monkeypatch.setattr(plot, "distributions_figure", broken)
     with pytest.raises(JcdlError, match="the plot failed"):
-        evaluate(data["model"], data["weights"], db=data["db"], out=out)
+        evaluate_files(data["model"], data["weights"], db=data["db"], out=out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

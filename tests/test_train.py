@@ -17,7 +17,7 @@ import pytest
 
 from conftest import BIN, ROOT, assert_clean_error, jcdl, run
 from jcdl import netgen
-from jcdl.common import import_caffe
+from jcdl.caffenet import import_caffe
 from jcdl.plot import parse_log
 
 caffe = import_caffe()

@@ -157,7 +157,7 @@ std::vector<Entry> read_list(const string& list, const string& root) {
     }
     entries.push_back(e);
   }
-  if (entries.empty()) fail(list, 0, "the list is empty");
+  if (entries.empty()) fail(list, 0, "the list file is empty");
   return entries;
 }
 

@@ -6,7 +6,7 @@ import importlib
 import sys
 import traceback
 
-from .common import JcdlError
+from .errors import JcdlError
 
 # subcommand -> module that defines it
 STAGES = {
@@ -15,7 +15,7 @@ STAGES = {
     "mean": "lmdbio",
     "netgen": "netgen",
     "train": "train",
-    "evaluate": "predict",
+    "evaluate": "evaluate",
     "predict": "predict",
     "score": "metrics",
     "plot": "plot",

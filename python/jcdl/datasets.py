@@ -19,6 +19,21 @@ explicitly):
 - ``list``: ``path p_1 ... p_K`` lines (``--gt FILE``, default
   ``ROOT/list.txt``); ROOT is the image root; classes ``class0`` ...
   unless ``--classes`` names them.
+- ``fi`` (single label): FI's release, one folder per emotion
+  (``amusement/``, ``anger/``, ``awe/``, ``contentment/``, ``disgust/``,
+  ``excitement/``, ``fear/``, ``sadness/``; any case, ``sad/`` too) in
+  ROOT, ``ROOT/emotion_dataset/`` (the name of the released archive's
+  folder) or ``ROOT/images/``; every image file under a folder has its
+  emotion.
+- ``single`` (single label): ``jcdl prepare single ROOT LIST OUT --classes
+  FILE``: LIST holds ``path class`` lines, the class a name of the classes
+  file or its 0-based index (as Caffe's convert_imageset lists).
+
+Single labels become distributions through the paper's priors (``--prior
+both``, the default; ``implication``, ``exclusion``, ``onehot``; ``--sigma``,
+``--wheel``, ``--positive``: see ``jcdl.priors``), and OUT (and each split)
+gets ``single_label.json`` saying so: ``jcdl evaluate`` finds it beside the
+classes file and reports accuracy as the headline.
 
 Writes OUT/classes.txt, OUT/train.txt and OUT/test.txt (``path p_1 ... p_K``,
 rows normalised, 9 significant digits, paths relative to ROOT -- give the same
@@ -35,10 +50,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import (JcdlError, atomic_output, format_row, int_arg,
-                     output_path, parse_number,
-                     parse_values, read_distribution_rows, read_lines,
-                     read_text, to_distribution)
+from .errors import JcdlError, int_arg
+from .files import atomic_output, output_path, read_lines, read_text
+from .lists import (default_classes, format_row, parse_number, parse_values,
+                    read_classes, read_distributions, to_distribution)
+from .priors import DEFAULT_PRIOR, DEFAULT_SIGMA, Prior
 
 EMOTION6_CLASSES = ("anger", "disgust", "fear", "joy", "sadness", "surprise",
                     "neutral")
@@ -46,7 +62,13 @@ MIKELS_CLASSES = ("amusement", "awe", "contentment", "excitement", "anger",
                   "disgust", "fear", "sadness")
 EMOTION6_HEADER = (("image_filename", "valence", "arousal")
                    + tuple(f"prob. {c}" for c in EMOTION6_CLASSES))
-DATASETS = ("emotion6", "flickr_ldl", "twitter_ldl", "list")
+DATASETS = ("emotion6", "flickr_ldl", "twitter_ldl", "list", "fi",
+            "single")
+SINGLE_LABEL = ("fi", "single")
+# FI's folders: the emotion, or another spelling of it
+FI_FOLDERS = {**{c: c for c in MIKELS_CLASSES}, "sad": "sadness"}
+FI_BASES = ("", "emotion_dataset", "images")
+SINGLE_MARKER = "single_label.json"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
@@ -56,9 +78,11 @@ class GroundTruth:
     numbers, or None), the class names, and the dataset's own splits (list of
     (train indices, test indices)) if it has any."""
 
-    def __init__(self, path, names, P, lines, classes, splits=None):
+    def __init__(self, path, names, P, lines, classes, splits=None,
+                 prior=None):
         self.path, self.names, self.P = Path(path), list(names), P
         self.lines, self.classes, self.splits = list(lines), classes, splits
+        self.prior = prior   # a priors.Prior for single-label data
 
 
 def _columns_error(path, line, n, want, what, has_newline):
@@ -133,9 +157,101 @@ def read_votes(path, classes=MIKELS_CLASSES):
 
 def read_list_file(path):
     """``path p_1 ... p_K`` lines (the ``list`` dataset)."""
-    names, P, lines = read_distribution_rows(path, what="list")
+    names, P, lines = read_distributions(path)
     return GroundTruth(path, names, P, lines,
-                       tuple(f"class{k}" for k in range(P.shape[1])))
+                       tuple(default_classes(P.shape[1])))
+
+
+# ---------------------------------------------------------------- single label
+
+def _is_image(path):
+    return path.suffix.lower() in IMAGE_SUFFIXES and not \
+        path.name.startswith(".")
+
+
+def _fi_folders(base):
+    """{emotion: folder} of the emotion folders directly in base."""
+    found = {}
+    if not base.is_dir():
+        return found
+    for d in sorted(base.iterdir()):
+        emotion = FI_FOLDERS.get(d.name.lower())
+        if emotion is None or not d.is_dir():
+            continue
+        if emotion in found:
+            raise JcdlError(base, f"two folders for {emotion}: "
+                            f"{found[emotion].name}/ and {d.name}/")
+        found[emotion] = d
+    return found
+
+
+def read_fi(root, prior):
+    """FI's release: one folder per emotion (see the module's docstring).
+    Names are paths relative to ROOT."""
+    root = Path(root)
+    for base in FI_BASES:
+        folders = _fi_folders(root / base if base else root)
+        if folders:
+            break
+    else:
+        raise JcdlError(root, "no FI emotion folders (" + ", ".join(
+            f"{c}/" for c in MIKELS_CLASSES) + ") here, in emotion_dataset/ "
+            "or in images/")
+    missing = [c for c in MIKELS_CLASSES if c not in folders]
+    if missing:
+        raise JcdlError(folders[next(iter(folders))].parent, "no folder for "
+                        + ", ".join(missing) + " (FI has one per emotion)")
+    names, labels = [], []
+    for y, emotion in enumerate(MIKELS_CLASSES):
+        images = sorted(p for p in folders[emotion].rglob("*")
+                        if p.is_file() and _is_image(p))
+        if not images:
+            raise JcdlError(folders[emotion], "no images (" + ", ".join(
+                IMAGE_SUFFIXES) + ") in this emotion's folder")
+        for image in images:
+            name = image.relative_to(root).as_posix()
+            if any(c.isspace() for c in name):
+                raise JcdlError(image, "a name with whitespace cannot go in "
+                                "a list file: rename the image")
+            names.append(name)
+            labels.append(y)
+    P = Prior(MIKELS_CLASSES, **prior).distributions(labels)
+    return GroundTruth(root, names, P, [None] * len(names), MIKELS_CLASSES,
+                       prior=Prior(MIKELS_CLASSES, **prior))
+
+
+def read_single(path, classes_path, prior):
+    """``path class`` lines; the class a name of the classes file or its
+    0-based index."""
+    if classes_path is None:
+        raise JcdlError(path, "give --classes FILE: the class names, one "
+                        "per line, that the list's classes name (or index "
+                        "from 0)")
+    classes = tuple(read_classes(classes_path))
+    rule = Prior(classes, **prior, where=classes_path)
+    index = {c: k for k, c in enumerate(classes)}
+    names, labels, lines = [], [], []
+    for line, tokens, newline in read_lines(path, "list file"):
+        if len(tokens) != 2:
+            _columns_error(path, line, len(tokens), 2, "image and class",
+                           newline)
+        name, label = tokens
+        if label in index:
+            y = index[label]
+        elif re.fullmatch(r"\d+", label, re.ASCII) and \
+                int(label) < len(classes):
+            y = int(label)
+        else:
+            raise JcdlError(path, f"class '{label}' is not in "
+                            f"{classes_path} (" + ", ".join(classes) +
+                            f", or an index 0 to {len(classes) - 1})", line)
+        names.append(name)
+        labels.append(y)
+        lines.append(line)
+    if not names:
+        raise JcdlError(path, "the list file has no images")
+    return GroundTruth(path, names, rule.distributions(labels), lines,
+                       classes, prior=rule)
 
 
 # ---------------------------------------------------------------- .mat
@@ -382,14 +498,27 @@ def _find_gt(dataset, root, gt):
                     "votes file 'name v_1 ... v_8' *.txt); give --gt FILE")
 
 
-def read_ground_truth(dataset, root, gt=None):
-    """Reads DATASET's ground truth in ROOT; returns a GroundTruth."""
+def read_ground_truth(dataset, root, gt=None, classes=None, prior=None):
+    """Reads DATASET's ground truth in ROOT; returns a GroundTruth.
+    ``prior``: the keyword arguments of priors.Prior (prior, sigma, wheel,
+    positive) for the single-label datasets; ``classes`` the classes file
+    of ``single``."""
     if dataset not in DATASETS:
         raise JcdlError(dataset, "unknown dataset (one of "
                         + ", ".join(DATASETS) + ")")
     root = Path(root)
     if not root.is_dir():
         raise JcdlError(root, "no such dataset folder")
+    prior = dict(prior or {})
+    if dataset == "fi":
+        return read_fi(root, prior)
+    if dataset == "single":
+        if gt is None:
+            raise JcdlError(root, "give the list: jcdl prepare single ROOT "
+                            "LIST OUT --classes FILE")
+        if not Path(gt).is_file():
+            raise JcdlError(gt, "no such list file")
+        return read_single(gt, classes, prior)
     path = _find_gt(dataset, root, gt)
     if dataset == "emotion6":
         return read_emotion6(path)
@@ -449,9 +578,11 @@ def random_splits(n, test_ratio, seed, count):
     return out
 
 
-def _write_split(folder, classes, rel, P, train, test):
+def _write_split(folder, classes, rel, P, train, test, marker=None):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "classes.txt").write_text("".join(c + "\n" for c in classes))
+    if marker is not None:
+        (folder / SINGLE_MARKER).write_text(marker)
     for name, idx in (("train.txt", train), ("test.txt", test)):
         with open(folder / name, "w", encoding="utf-8",
                   errors="surrogateescape") as f:
@@ -459,29 +590,56 @@ def _write_split(folder, classes, rel, P, train, test):
                 f.write(format_row(rel[i], P[i]))
 
 
-def _read_classes(path, K):
-    names = [t.strip() for t in read_text(path, "classes file", True).splitlines()
-             if t.strip()]
-    if len(names) != K or any(len(n.split()) != 1 for n in names):
-        raise JcdlError(path, f"{len(names)} class names (one word per "
-                        f"line), but the data have {K} emotions")
-    return tuple(names)
+OUR_FILES = re.compile(r"(train|test|classes)\.txt|split\d+|"
+                       + re.escape(SINGLE_MARKER))
 
 
-OUR_FILES = re.compile(r"(train|test|classes)\.txt|split\d+")
+def single_label_info(classes_path):
+    """What the single_label.json beside a classes file says (None when
+    there is none: distributions from votes)."""
+    if classes_path is None:
+        return None
+    marker = Path(classes_path).parent / SINGLE_MARKER
+    if not marker.is_file():
+        return None
+    import json  # noqa: PLC0415
+    try:
+        info = json.loads(read_text(marker, "marker file"))
+    except ValueError:
+        raise JcdlError(marker, "is not JSON (written by jcdl prepare for "
+                        "single-label data): remove it or prepare again") \
+            from None
+    if not isinstance(info, dict) or info.get("kind") != "single_label":
+        raise JcdlError(marker, "does not describe single-label data "
+                        "(kind 'single_label')")
+    return info
 
 
 def prepare(dataset, root, out, test_ratio=0.2, seed=0, splits=None, gt=None,
-            classes=None):
+            classes=None, prior=None, sigma=None, wheel=None, positive=None):
     """Reads the dataset and writes OUT (see the module's docstring).
-    Returns a summary dict."""
+    Returns a summary dict. ``prior``, ``sigma``, ``wheel`` (the classes in
+    their order around the emotion wheel) and ``positive`` (the positive
+    ones) turn the single labels of ``fi`` and ``single`` into
+    distributions (jcdl.priors; None: its defaults)."""
     root, out = Path(root), output_path(out)
-    truth = read_ground_truth(dataset, root, gt)
-    folders = {"emotion6": ("images", ""), "list": ("",)}.get(
-        dataset, ("", "images"))
+    rule = dict(prior=prior, sigma=sigma, wheel=wheel, positive=positive)
+    if dataset not in SINGLE_LABEL:
+        given = [k for k, v in rule.items() if v is not None]
+        if given:
+            raise JcdlError(f"--{given[0]}", "turns single labels into "
+                            "distributions: it is for the datasets "
+                            f"{' and '.join(SINGLE_LABEL)}, not {dataset}")
+    rule["prior"] = prior or DEFAULT_PRIOR
+    rule["sigma"] = DEFAULT_SIGMA if sigma is None else sigma
+    truth = read_ground_truth(dataset, root, gt, classes, rule)
+    folders = {"emotion6": ("images", ""), "list": ("",), "fi": ("",),
+               "single": ("",)}.get(dataset, ("", "images"))
     rel = resolve_images(truth, root, folders)
-    names = truth.classes if classes is None else _read_classes(
-        classes, truth.P.shape[1])
+    names = truth.classes if classes is None or dataset == "single" else \
+        tuple(read_classes(classes, truth.P.shape[1]))
+    if truth.prior is not None:
+        names = truth.prior.classes
     n = len(rel)
     if truth.splits is not None:
         chosen = truth.splits
@@ -511,15 +669,21 @@ def prepare(dataset, root, out, test_ratio=0.2, seed=0, splits=None, gt=None,
             raise JcdlError(out, "exists and holds other files ("
                             + ", ".join(sorted(strangers)[:3]) + "); choose "
                             "another output folder")
+    marker = None
+    if truth.prior is not None:
+        import json  # noqa: PLC0415
+        marker = json.dumps(dict(truth.prior.describe(), dataset=dataset,
+                                 source=str(truth.path)), indent=2) + "\n"
     with atomic_output(out) as tmp:
-        _write_split(tmp, names, rel, truth.P, *chosen[0])
+        _write_split(tmp, names, rel, truth.P, *chosen[0], marker=marker)
         if splits is not None or len(chosen) > 1:
             for s, (train, test) in enumerate(chosen, 1):
                 _write_split(tmp / f"split{s}", names, rel, truth.P, train,
-                             test)
+                             test, marker=marker)
     return {"n": n, "k": len(names), "train": len(chosen[0][0]),
             "test": len(chosen[0][1]), "splits": len(chosen),
-            "source": source, "ground_truth": str(truth.path)}
+            "source": source, "ground_truth": str(truth.path),
+            "prior": truth.prior.describe() if truth.prior else None}
 
 
 # ---------------------------------------------------------------- CLI
@@ -536,23 +700,48 @@ def _ratio(text):
 
 
 def cmd_prepare(args):
-    s = prepare(args.dataset, args.root, args.out, args.test_ratio, args.seed,
-                args.splits, args.gt, args.classes)
+    out, gt = args.out, args.gt
+    if args.dataset == "single":
+        if args.out2 is None:
+            raise JcdlError("prepare single", "give ROOT LIST OUT (the list "
+                            "of 'path class' lines between ROOT and OUT)")
+        if gt is not None:
+            raise JcdlError("--gt", "the list of 'single' is its LIST "
+                            "argument: leave out --gt")
+        gt, out = args.out, args.out2
+    elif args.out2 is not None:
+        raise JcdlError(args.out2, f"one argument too many: jcdl prepare "
+                        f"{args.dataset} ROOT OUT")
+    s = prepare(args.dataset, args.root, out, args.test_ratio, args.seed,
+                args.splits, gt, args.classes, args.prior, args.sigma,
+                args.wheel, args.positive)
     extra = f", {s['splits']} splits" if s["splits"] > 1 else ""
-    print(f"{args.out}: {s['n']} images, {s['k']} emotions, train "
+    if s["prior"]:
+        p = s["prior"]
+        how = f"prior {p['prior']}" + (f", sigma {p['sigma']:g}"
+                                       if p["sigma"] is not None else "")
+        extra += f"; single labels -> distributions by the {how}"
+    print(f"{out}: {s['n']} images, {s['k']} emotions, train "
           f"{s['train']} / test {s['test']}{extra} ({s['source']}); give "
           f"'{args.root}' as ROOT to jcdl convert")
 
 
 def register(sub):
+    import argparse  # noqa: PLC0415
+    from . import priors  # noqa: PLC0415
     p = sub.add_parser(
         "prepare", help="dataset -> list files and train/test splits",
+        usage="jcdl prepare [-h] [options] DATASET ROOT OUT\n"
+              "       jcdl prepare [-h] [options] single ROOT LIST OUT "
+              "--classes FILE",
         description=__doc__.split("\n\n", 1)[1],
-        formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", choices=DATASETS)
     p.add_argument("root", help="the dataset folder (images and ground "
                                 "truth)")
-    p.add_argument("out", help="output folder for the lists")
+    p.add_argument("out", help="output folder for the lists (for single: "
+                               "LIST, then OUT)")
+    p.add_argument("out2", nargs="?", help=argparse.SUPPRESS)
     p.add_argument("--test-ratio", type=_ratio, default=0.2,
                    help="share of images in the test set (default 0.2; "
                         "unused where a .mat file holds the split)")
@@ -566,4 +755,21 @@ def register(sub):
                                 "where the dataset keeps it")
     p.add_argument("--classes", help="emotion names, one per line, in "
                                      "column order")
+    g = p.add_argument_group("single labels (fi, single) -> distributions")
+    g.add_argument("--prior", choices=priors.PRIORS,
+                   help="both (the paper's, default): a Gaussian of the "
+                   "distance on the emotion wheel, nothing on the other "
+                   "polarity; implication: the Gaussian alone; exclusion: "
+                   "the polarity alone; onehot: the label alone")
+    g.add_argument("--sigma", type=priors.sigma_arg,
+                   help="the Gaussian's sigma, in wheel steps (default "
+                   f"{priors.DEFAULT_SIGMA:g})")
+    g.add_argument("--wheel", metavar="NAMES",
+                   help="the classes in their order around the emotion "
+                   "wheel, comma-separated (default for Mikels' eight: "
+                   + ",".join(priors.MIKELS_WHEEL) + ")")
+    g.add_argument("--positive", metavar="NAMES",
+                   help="the positive classes, comma-separated (default "
+                   "for Mikels' eight: " + ",".join(priors.MIKELS_POSITIVE)
+                   + ")")
     p.set_defaults(func=cmd_prepare)

@@ -20,9 +20,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import datasets, lmdbio, metrics, netgen, plot, predict, train
-from .common import (JcdlError, int_arg, output_path, read_distribution_file,
-                     remove)
+from . import (datasets, evaluate, lmdbio, metrics, netgen, plot, predict,
+               train)
+from .errors import JcdlError, int_arg
+from .files import output_folder, output_path, remove
+from .lists import read_distributions
 
 VARIANTS = {"jcdl": "jcdl", "kl_only": "kl", "softmax_only": "softmax"}
 MARKER = ".jcdl-demo"
@@ -150,12 +152,14 @@ def _run(out, iterations, n_images, seed):
         logs[variant] = folder / "train.log"
         weights = train.train(solver, log=logs[variant], echo=False,
                               interrupt_raises=True)
-        results[variant] = predict.evaluate(
-            deploy, weights, db=dbs["test"], mean=mean, classes=classes,
-            out=folder / "eval")
+        model = predict.load_model(deploy, weights, mean, classes=classes)
+        ev = evaluate.evaluate(model, db=dbs["test"])
+        with output_folder(folder / "eval") as tmp:
+            evaluate.write_evaluation(ev, tmp)
+        results[variant] = ev.summary
     (out / "metrics.json").write_text(metrics.to_json(results, indent=2)
                                       + "\n")
-    plot.plot_training_curves(logs, out / "training_curves.png")
+    plot.save_figure(plot.curves_figure(logs), out / "training_curves.png")
     ceiling = scene_ceiling(lists / "test.txt", truth)
     write_report(out, results, ceiling, iterations, n_images,
                  time.time() - start)
@@ -165,7 +169,7 @@ def _run(out, iterations, n_images, seed):
 def scene_ceiling(test_list, truth):
     """The measures of predicting each test image's scene distribution
     itself: the best any model can expect against noisy votes."""
-    names, P = read_distribution_file(test_list)
+    names, P, _ = read_distributions(test_list)
     scenes = [int(Path(n).stem.split("_")[1]) % len(truth) for n in names]
     return metrics.summary(P, truth[scenes])
 

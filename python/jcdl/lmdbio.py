@@ -27,19 +27,11 @@ import cv2
 import lmdb
 import numpy as np
 
-from .common import (JcdlError, atomic_output, check_output_file, int_arg,
-                     import_caffe, make_folder_for, parse_values,
-                     quiet_opencv, text_bytes, to_distribution)
-
-_pb2 = None
-
-
-def proto():
-    """Caffe's protobuf module (imports pycaffe once, quietly)."""
-    global _pb2
-    if _pb2 is None:
-        _pb2 = import_caffe().proto.caffe_pb2
-    return _pb2
+from .errors import JcdlError, int_arg
+from .files import (atomic_output, check_output_file, make_folder_for,
+                    quiet_opencv)
+from .lists import image_path, read_distributions
+from .caffenet import caffe_pb2
 
 
 # ---------------------------------------------------------------- the list
@@ -53,49 +45,11 @@ class Entry:
         self.path, self.dist, self.line = path, dist, line
 
 
-def image_path(root, path):
-    """root + path, with a '/' between them unless root already ends in one
-    (the C++ tool concatenates: pass ROOT/ to get the same messages)."""
-    root = os.fspath(root)
-    if root and not root.endswith("/"):
-        root += "/"
-    return root + path
-
-
 def read_list(list_path, root=None):
-    """Reads ``path p_1 ... p_K`` lines (blank lines skipped) into Entries;
-    with ``root``, also checks that each image file exists. Raises JcdlError
-    naming the list file and line, with the C++ tool's messages."""
-    list_path = os.fspath(list_path)
-    try:
-        with open(list_path, "rb") as f:
-            data = f.read()
-    except OSError:
-        raise JcdlError(list_path, "cannot open the list file") from None
-    data = text_bytes(data, list_path, "list file")
-    entries, K = [], 0
-    for line_no, text in enumerate(data.split(b"\n"), 1):
-        tokens = text.split()            # C isspace: the istringstream's split
-        if not tokens:
-            continue
-        values = parse_values([t.decode("utf-8", "replace")
-                               for t in tokens[1:]], list_path, line_no)
-        if not values:
-            raise JcdlError(list_path, "no distribution after the path "
-                            "(expected 'path p_1 ... p_K')", line_no)
-        K = K or len(values)
-        if len(values) != K:
-            raise JcdlError(list_path, f"{len(values)} values, but the first "
-                            f"line has {K}", line_no)
-        dist = to_distribution(values, list_path, line_no)
-        path = os.fsdecode(tokens[0])
-        if root is not None and not os.path.isfile(image_path(root, path)):
-            raise JcdlError(list_path, "image not found: " +
-                            image_path(root, path), line_no)
-        entries.append(Entry(path, np.asarray(dist), line_no))
-    if not entries:
-        raise JcdlError(list_path, "the list is empty")
-    return entries
+    """The Entries of a ``path p_1 ... p_K`` list (lists.read_distributions,
+    with its checks and messages)."""
+    names, P, lines = read_distributions(list_path, "list file", root)
+    return [Entry(n, p, line) for n, p, line in zip(names, P, lines)]
 
 
 # ---------------------------------------------------------------- records
@@ -121,7 +75,7 @@ def make_datum(entry, list_path, full_path, gray=False, resize_height=0,
                resize_width=0, encode_type=""):
     """The Datum of one entry, as convert_imageset_r builds it; encode_type
     '' means raw pixels."""
-    pb2 = proto()
+    pb2 = caffe_pb2()
     img = cv2.imread(full_path, cv2.IMREAD_GRAYSCALE if gray
                      else cv2.IMREAD_COLOR)
     if img is None:
@@ -256,7 +210,7 @@ def convert(root, list_path, db_path, resize_height=0, resize_width=0,
                                     e.line)
             yield key, value
 
-    proto()                              # import pycaffe before the bar starts
+    caffe_pb2()                              # import pycaffe before the bar starts
     workers = threads or min(8, os.cpu_count() or 1)
     results = _ordered_map(record, enumerate(entries), workers)
     bar = tqdm(total=len(entries), unit="img", desc="convert",
@@ -298,7 +252,7 @@ def records(db_path):
 
 def iter_datums(db_path):
     """Yields (key, Datum) in key order; key is a str."""
-    pb2 = proto()
+    pb2 = caffe_pb2()
     for key, value in records(db_path):
         name = key.decode("utf-8", "surrogateescape")
         datum = pb2.Datum()
@@ -415,7 +369,7 @@ def compute_mean(db_path, out_path, progress=True):
                             "a mean needs one size")
         total += img
     mean = (total / n).transpose(2, 0, 1).astype(np.float32)
-    blob = proto().BlobProto()
+    blob = caffe_pb2().BlobProto()
     blob.num = 1
     blob.channels, blob.height, blob.width = mean.shape
     blob.data.extend(mean.ravel().tolist())

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import (JcdlError, atomic_output, read_distribution_file,
-                     read_text)
+from .errors import JcdlError
+from .files import write_text
+from .lists import default_classes, read_classes, read_distributions
 
 MEASURES = ("chebyshev", "clark", "canberra", "kl", "cosine", "intersection")
 LOWER_IS_BETTER = {"chebyshev": True, "clark": True, "canberra": True,
@@ -128,20 +129,6 @@ def per_class(P, Q, class_names):
     return rows
 
 
-def default_class_names(K):
-    return [f"class{k}" for k in range(K)]
-
-
-def read_class_names(path, K):
-    """One emotion name per line (``classes.txt`` of ``jcdl prepare``)."""
-    names = [l.strip() for l in read_text(path, "classes file", True).splitlines()
-             if l.strip()]
-    if len(names) != K:
-        raise JcdlError(path, f"{len(names)} class names, but the "
-                        f"distributions have {K} values")
-    return names
-
-
 def markdown_table(rows, columns):
     def cell(v):
         return f"{v:.4f}" if isinstance(v, float) else str(v)
@@ -158,11 +145,6 @@ def csv_text(rows, columns):
     writer.writeheader()
     writer.writerows({c: r[c] for c in columns} for r in rows)
     return buf.getvalue()
-
-
-def write_text(path, text):
-    with atomic_output(path) as tmp:
-        Path(tmp).write_text(text)
 
 
 def write_reports(out_dir, P, Q, class_names):
@@ -195,8 +177,8 @@ def write_reports(out_dir, P, Q, class_names):
 def match_by_name(gt_path, pred_path):
     """Reads both files and returns (names, P, Q) in the ground truth's
     order; every name must be in both files, with the same K."""
-    gt_names, P = read_distribution_file(gt_path, what="ground-truth file")
-    pred_names, Q = read_distribution_file(pred_path, what="prediction file")
+    gt_names, P, _ = read_distributions(gt_path, what="ground-truth file")
+    pred_names, Q, _ = read_distributions(pred_path, what="prediction file")
     if P.shape[1] != Q.shape[1]:
         raise JcdlError(pred_path, f"{Q.shape[1]} values per line, but "
                         f"{gt_path} has {P.shape[1]}")
@@ -220,8 +202,8 @@ def match_by_name(gt_path, pred_path):
 
 def cmd_score(args):
     _, P, Q = match_by_name(args.gt, args.pred)
-    names = (read_class_names(args.classes, P.shape[1]) if args.classes
-             else default_class_names(P.shape[1]))
+    names = (read_classes(args.classes, P.shape[1]) if args.classes
+             else default_classes(P.shape[1]))
     result = (write_reports(args.out, P, Q, names) if args.out
               else summary(P, Q))
     print(to_json(result))

@@ -36,8 +36,9 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from .common import (INT32_MAX, JcdlError, atomic_output, import_caffe,
-                     int_arg, make_folder_for)
+from .errors import INT32_MAX, JcdlError, int_arg
+from .files import atomic_output, make_folder_for
+from .caffenet import import_caffe
 from .lmdbio import db_info
 
 ARCHS = ("vgg16", "small")

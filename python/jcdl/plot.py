@@ -1,6 +1,8 @@
 """Plots: training curves parsed from Caffe-format logs (``jcdl plot``), the
 confusion matrix and predicted-vs-true distributions (used by ``evaluate``),
-and several runs overlaid (used by the demo).
+and several runs overlaid (used by the demo). Each ``*_figure`` function
+returns a matplotlib Figure (to show in a notebook); ``save_figure`` writes
+one as a PNG.
 
 Logs are read in the formats the stock ``caffe train`` writes through glog,
 which ``jcdl train`` writes too::
@@ -22,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import JcdlError, atomic_output, output_folder
+from .errors import JcdlError
+from .files import atomic_output, output_folder
 
 _LOSS = re.compile(r"Iteration (\d+)(?: \([^)]*\))?, loss = (\S+)")
 _LR = re.compile(r"Iteration (\d+), lr = (\S+)")
@@ -113,7 +116,8 @@ def write_series_csv(series, path):
                 writer.writerow([name, int(i), repr(float(v))])
 
 
-def _save(fig, path):
+def save_figure(fig, path):
+    """Writes a figure as a PNG, atomically, and closes it."""
     plt = _pyplot()
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
@@ -131,17 +135,9 @@ def _grid(plt, n, width=5.0, height=3.2):
     return fig, list(axes.flat[:n])
 
 
-def plot_log(log_path, out_dir):
-    """PNGs of one training log in out_dir: ``loss.png`` (training loss and
-    train-net outputs), ``test.png`` (each test output), ``lr.png``; plus
-    ``series.csv``. Returns the PNG paths."""
-    series = parse_log(log_path)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def loss_figure(series, title="training"):
+    """The training loss and the train-net outputs of parsed series."""
     plt = _pyplot()
-    title = Path(log_path).name
-    pngs = []
-
     fig, ax = plt.subplots(figsize=(7, 4.5))
     its, vals = series["loss"]
     ax.plot(its, vals, label="loss (smoothed, weighted sum)", linewidth=2)
@@ -153,39 +149,64 @@ def plot_log(log_path, out_dir):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    pngs.append(_save(fig, out_dir / "loss.png"))
+    return fig
 
+
+def test_figure(series, title="training"):
+    """Each test-net output of parsed series, or None when there is none."""
     tests = [n for n in series if n.startswith("test")]
-    if tests:
-        fig, axes = _grid(plt, len(tests))
-        for ax, name in zip(axes, tests):
-            ax.plot(*series[name], marker="o", markersize=3)
-            ax.set_title(name)
-            ax.set_xlabel("iteration")
-            ax.grid(alpha=0.3)
-        fig.suptitle(f"test outputs: {title}")
-        fig.tight_layout()
-        pngs.append(_save(fig, out_dir / "test.png"))
-
-    if "lr" in series:
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-        ax.plot(*series["lr"])
-        if np.all(series["lr"][1] > 0):
-            ax.set_yscale("log")
+    if not tests:
+        return None
+    plt = _pyplot()
+    fig, axes = _grid(plt, len(tests))
+    for ax, name in zip(axes, tests):
+        ax.plot(*series[name], marker="o", markersize=3)
+        ax.set_title(name)
         ax.set_xlabel("iteration")
-        ax.set_ylabel("learning rate")
-        ax.set_title(f"learning rate: {title}")
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        pngs.append(_save(fig, out_dir / "lr.png"))
+    fig.suptitle(f"test outputs: {title}")
+    fig.tight_layout()
+    return fig
 
+
+def lr_figure(series, title="training"):
+    """The learning rate of parsed series, or None when the log has none."""
+    if "lr" not in series:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(*series["lr"])
+    if np.all(series["lr"][1] > 0):
+        ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("learning rate")
+    ax.set_title(f"learning rate: {title}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_log(log_path, out_dir):
+    """PNGs of one training log in out_dir: ``loss.png`` (training loss and
+    train-net outputs), ``test.png`` (each test output), ``lr.png``; plus
+    ``series.csv``. Returns the PNG paths."""
+    series = parse_log(log_path)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    title = Path(log_path).name
+    pngs = []
+    for name, make in (("loss", loss_figure), ("test", test_figure),
+                       ("lr", lr_figure)):
+        fig = make(series, title)
+        if fig is not None:
+            pngs.append(save_figure(fig, out_dir / f"{name}.png"))
     write_series_csv(series, out_dir / "series.csv")
     return pngs
 
 
-def plot_training_curves(logs, path):
+def curves_figure(logs):
     """Several runs overlaid ({label: log path}): their training loss and
-    each test output (accuracy, kl, ... first) in one PNG at path."""
+    each test output (accuracy, kl, ... first)."""
     parsed = {label: parse_log(log) for label, log in logs.items()}
     names = {n for s in parsed.values() for n in s if n.startswith("test/")}
     order = {f"test/{n}": i for i, n in enumerate(_PREFERRED)}
@@ -202,36 +223,38 @@ def plot_training_curves(logs, path):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
-def plot_confusion(matrix, class_names, path):
+def confusion_figure(matrix, class_names):
     """The confusion matrix of dominant emotions (rows true, columns
-    predicted): counts, coloured by the share of their row."""
+    predicted): counts, coloured by the share of their row. Past 30
+    classes the counts are left out of the cells."""
     m = np.asarray(matrix)
     K = len(class_names)
     rows = m.sum(axis=1, keepdims=True)
     share = np.divide(m, rows, out=np.zeros(m.shape), where=rows > 0)
     plt = _pyplot()
-    size = 2.5 + 0.6 * K
+    size = min(2.5 + 0.6 * K, 30)
     fig, ax = plt.subplots(figsize=(size + 1, size))
     im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    for i in range(K):
-        for j in range(K):
-            ax.text(j, i, str(int(m[i, j])), ha="center", va="center",
-                    color="white" if share[i, j] > 0.5 else "black",
-                    fontsize=9)
-    ax.set_xticks(range(K), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(K), class_names)
+    if K <= 30:
+        for i in range(K):
+            for j in range(K):
+                ax.text(j, i, str(int(m[i, j])), ha="center", va="center",
+                        color="white" if share[i, j] > 0.5 else "black",
+                        fontsize=9)
+        ax.set_xticks(range(K), class_names, rotation=45, ha="right")
+        ax.set_yticks(range(K), class_names)
     ax.set_xlabel("predicted dominant emotion")
     ax.set_ylabel("true dominant emotion")
     ax.set_title("confusion (counts; colour: share of row)")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
-def plot_distributions(names, P, Q, class_names, path, n=6, images=None):
+def distributions_figure(names, P, Q, class_names, n=6, images=None):
     """Bar charts of true (P) and predicted (Q) distributions of the first n
     samples, with each image (BGR arrays, optional) beside its chart."""
     n = min(n, len(P))
@@ -268,7 +291,25 @@ def plot_distributions(names, P, Q, class_names, path, n=6, images=None):
             ax.legend(fontsize=8)
     fig.suptitle("predicted vs true emotion distributions")
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
+
+
+def histogram_figure(values, label="KL(p || q) per image", bins=30):
+    """A histogram of per-sample values (infinite ones left out, and
+    counted in the title)."""
+    values = np.asarray(values, np.float64)
+    finite = values[np.isfinite(values)]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(finite, bins=bins)
+    ax.set_xlabel(label)
+    ax.set_ylabel("images")
+    dropped = len(values) - len(finite)
+    ax.set_title(f"{label}: mean {finite.mean():.4f}" if len(finite) else
+                 label + (f" ({dropped} infinite)" if dropped else ""))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
 
 
 def cmd_plot(args):

@@ -1,5 +1,7 @@
-"""Using a trained net: ``jcdl evaluate`` (a test LMDB or list against its
-ground truth) and ``jcdl predict`` (emotion distributions of images).
+"""Using a trained net from Python and ``jcdl predict``: load it with every
+check made before Caffe could abort the process, prepare images exactly as
+the ``Data`` layer did in training, and predict emotion distributions of
+arrays, image files, lists and LMDBs as numpy arrays.
 
 Images are prepared exactly as Caffe's ``Data`` layer does in the TEST phase
 with ``transform_param { mean_file crop_size }``: the BGR uint8 image as
@@ -17,44 +19,30 @@ The net's output is the deploy net's last blob (a Softmax: one distribution
 per image).
 """
 import json
+import os
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from .common import (JcdlError, blob_shape, check_layer_graph,
-                     check_output_file, check_weights, import_caffe, int_arg,
-                     net_layers, output_folder, quiet_opencv,
-                     read_caffemodel, read_distribution_file, read_text,
-                     use_device, write_distribution_file)
-from . import metrics
-
-N_EXAMPLES = 6  # images shown in distributions.png
+from .errors import JcdlError, int_arg
+from .files import quiet_opencv
+from .lists import default_classes, image_path, read_classes
+from .caffenet import (caffe_pb2, check_layer_graph, check_weights,
+                       import_caffe, net_layers, read_caffemodel, read_mean,
+                       read_text_proto, use_device)
 
 
 # ---------------------------------------------------------------- the net
-
-def _caffe_pb2():
-    from caffe.proto import caffe_pb2  # noqa: PLC0415
-    return caffe_pb2
-
 
 def check_deploy(path):
     """Checks what Python can check of a deploy prototxt before Caffe parses
     it (Caffe aborts on errors): it parses, its layer types exist, bottoms
     are produced, and it has an input."""
-    caffe_pb2 = _caffe_pb2()
-    from google.protobuf import text_format  # noqa: PLC0415
-    path = Path(path)
-    text = read_text(path, "model (deploy prototxt)")
-    param = caffe_pb2.NetParameter()
-    try:
-        text_format.Merge(text, param)
-    except text_format.ParseError as e:
-        line = e.GetLine() if hasattr(e, "GetLine") else None
-        raise JcdlError(path, f"not a Caffe net prototxt: {e}", line) from None
-    layers = net_layers(param, caffe_pb2.TEST)
+    pb2 = caffe_pb2()
+    param = read_text_proto(path, pb2.NetParameter(),
+                            "model (deploy prototxt)")
+    layers = net_layers(param, pb2.TEST)
     check_layer_graph(layers, path, param.input)
     has_input = bool(param.input) or any(layer.type == "Input"
                                          for layer in layers)
@@ -64,8 +52,9 @@ def check_deploy(path):
 
 
 def load_net(deploy, weights, gpu=None):
-    """The deploy net in TEST phase with trained weights, after checking
-    both files so that no Caffe CHECK aborts the process."""
+    """The pycaffe deploy net in TEST phase with trained weights, after
+    checking both files (the weights must fit every layer: an 8-emotion
+    snapshot in a 7-emotion deploy is an error, not an abort)."""
     caffe = import_caffe()
     deploy, weights = Path(deploy), Path(weights)
     check_deploy(deploy)
@@ -95,36 +84,6 @@ def output_count(net):
 
 # ---------------------------------------------------------- preprocessing
 
-def read_mean(path):
-    """The mean image as float32 (C, H, W), from ``.binaryproto``
-    (compute_image_mean / ``jcdl mean``) or ``.npy``."""
-    path = Path(path)
-    if not path.is_file():
-        raise JcdlError(path, "no such mean file")
-    if path.suffix == ".npy":
-        try:
-            mean = np.load(path)
-        except Exception:
-            raise JcdlError(path, "not a .npy array") from None
-    else:
-        blob = _caffe_pb2().BlobProto()
-        try:
-            blob.ParseFromString(path.read_bytes())
-        except Exception:
-            raise JcdlError(path, "not a .binaryproto mean file") from None
-        shape, _ = blob_shape(blob)
-        values = blob.data if len(blob.data) else blob.double_data
-        if not len(values) or int(np.prod(shape)) != len(values):
-            raise JcdlError(path, "not a .binaryproto mean file")
-        mean = np.asarray(values, np.float32).reshape(shape)
-    if mean.ndim == 4 and mean.shape[0] == 1:
-        mean = mean[0]
-    if mean.ndim != 3:
-        raise JcdlError(path, f"the mean has shape {mean.shape}, "
-                        f"not (C, H, W)")
-    return mean.astype(np.float32)
-
-
 class Preprocessor:
     """Caffe's TEST-phase transform for a net input of shape (C, H, W), an
     optional mean image (C, Hm, Wm) and the optional (H, W) images were
@@ -153,22 +112,39 @@ class Preprocessor:
 
     def load(self, path):
         """An image file as H x W x C uint8 BGR (grey for 1-channel nets),
-        resized to ``file_size``."""
+        resized to ``file_size``. Any byte name works (read here, decoded
+        from memory)."""
+        try:
+            with open(os.fsencode(path), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise JcdlError(path, "no such image") from None
+        except OSError as e:
+            raise JcdlError(path, f"cannot read the image ({e.strerror})") \
+                from None
+        return self.decode(data, path)
+
+    def decode(self, data, name="image"):
+        """The bytes of an image file, decoded and resized as ``load``."""
         import cv2  # noqa: PLC0415
-        path = Path(path)
-        if not path.is_file():
-            raise JcdlError(path, "no such image")
         flag = cv2.IMREAD_GRAYSCALE if self.shape[0] == 1 else cv2.IMREAD_COLOR
         with quiet_opencv():
-            img = cv2.imread(str(path), flag)
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), flag) \
+                if len(data) else None
         if img is None:
-            raise JcdlError(path, "cannot decode the image")
+            raise JcdlError(name, "cannot decode the image")
+        return self.resize(img, name)
+
+    def resize(self, img, name="image"):
+        """An H x W (x C) uint8 array at ``file_size``, resized with
+        OpenCV's bilinear resize as convert_imageset_r does."""
+        import cv2  # noqa: PLC0415
         h, w = self.file_size
         if img.shape[:2] != (h, w):
             try:
                 img = cv2.resize(img, (w, h))
             except cv2.error:
-                raise JcdlError(path, f"cannot resize the image to {w}x{h}") \
+                raise JcdlError(name, f"cannot resize the image to {w}x{h}") \
                     from None
         return img.reshape(h, w, -1)
 
@@ -205,40 +181,100 @@ def forward(net, batch):
     return np.array(out.reshape(len(batch), -1), dtype=np.float64)
 
 
-def check_distributions(Q, model, blob):
-    """The output must be a distribution per image (a Softmax)."""
-    if not (np.all(Q >= 0) and np.allclose(Q.sum(axis=1), 1, atol=1e-3)):
-        raise JcdlError(model, f"output '{blob}' is not a distribution per "
-                        f"image: end the deploy net with a Softmax")
+# --------------------------------------------------------------- the model
+
+class Model:
+    """A trained net ready to predict: the pycaffe ``net``, its ``classes``
+    (K names), and the ``prep`` (Preprocessor) training used. Made by
+    load_model."""
+
+    def __init__(self, net, classes, prep, model_path, weights_path):
+        self.net, self.classes, self.prep = net, list(classes), prep
+        self.model_path, self.weights_path = Path(model_path), \
+            Path(weights_path)
+
+    @property
+    def K(self):
+        return len(self.classes)
+
+    def image(self, image, name=None):
+        """An image as the net's files are read: a path, the bytes of an
+        image file, or an H x W x C uint8 BGR array, resized to the size
+        training stored images at (see Preprocessor)."""
+        if isinstance(image, (str, os.PathLike)):
+            return self.prep.load(image)
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            return self.prep.decode(image, name or "image")
+        return self.prep.resize(np.asarray(image), name or "image")
+
+    def predict(self, images, batch=32, names=None):
+        """Emotion distributions, float64 (n, K), of images (paths, bytes of
+        image files or BGR arrays; see ``image``), ``batch`` at a time."""
+        images = list(images)
+        names = names or [str(im) if isinstance(im, (str, os.PathLike))
+                          else f"image {i}" for i, im in enumerate(images)]
+        return self.predict_arrays(
+            (self.image(im, n) for im, n in zip(images, names)), batch,
+            names)
+
+    def predict_arrays(self, arrays, batch=32, names=None):
+        """Distributions of images already at the stored size (an LMDB's
+        records, or ``image``'s results): mean, crop, forward."""
+        outs, pending = [], []  # one batch of inputs in memory at a time
+        for i, img in enumerate(arrays):
+            pending.append(self.prep(img, names[i] if names else
+                                     f"image {i}"))
+            if len(pending) == batch:
+                outs.append(self._forward(pending))
+                pending = []
+        if pending:
+            outs.append(self._forward(pending))
+        return np.concatenate(outs) if outs else np.zeros((0, self.K))
+
+    def _forward(self, inputs):
+        Q = forward(self.net, np.stack(inputs))
+        if not (np.all(Q >= 0) and np.allclose(Q.sum(axis=1), 1, atol=1e-3)):
+            raise JcdlError(self.model_path, f"output '{self.net.outputs[-1]}'"
+                            " is not a distribution per image: end the "
+                            "deploy net with a Softmax")
+        return Q
+
+    def records(self, names, Q):
+        """What ``jcdl predict`` prints, one dict per image: ``image``,
+        ``distribution`` ({emotion: q}) and ``dominant``."""
+        return [{"image": str(name),
+                 "distribution": {c: float(v) for c, v in
+                                  zip(self.classes, q)},
+                 "dominant": self.classes[int(np.argmax(q))]}
+                for name, q in zip(names, Q)]
 
 
-def predict_images(net, images, mean=None, batch=32, size=None):
-    """Emotion distributions (n, K) of images: file paths, or H x W x C
-    uint8 BGR arrays (resized like files). mean: array or file; size: the
-    (H, W) images were stored at in training (see Preprocessor)."""
-    if mean is not None and not isinstance(mean, np.ndarray):
-        mean = read_mean(mean)
-    prep = Preprocessor(input_shape(net), mean, size)
-    import cv2  # noqa: PLC0415
-    outs, pending = [], []   # a batch at a time in memory, outputs kept
-    for i, image in enumerate(images):
-        if isinstance(image, (str, Path)):
-            img = prep.load(image)
-            name = str(image)
-        else:
-            h, w = prep.file_size
-            img = np.asarray(image)
-            if img.shape[:2] != (h, w):
-                img = cv2.resize(img, (w, h))
-            name = f"image {i}"
-        pending.append(prep(img, name))
-        if len(pending) == batch:
-            outs.append(forward(net, np.stack(pending)))
-            pending = []
-    if pending:
-        outs.append(forward(net, np.stack(pending)))
+def load_model(model, weights, mean=None, resize=None, classes=None,
+               gpu=None):
+    """A Model of a deploy prototxt and its trained weights, checked before
+    Caffe could abort: ``mean`` (file or (C, H, W) array) and ``resize``
+    ((H, W) the training LMDB stored images at) as in training; ``classes``
+    a classes file (or a list of K names); ``gpu`` an id, None for the
+    CPU."""
+    net = load_net(model, weights, gpu)
     K = output_count(net)
-    return np.concatenate(outs) if outs else np.zeros((0, K))
+    if classes is None:
+        names = default_classes(K)
+    elif isinstance(classes, (str, os.PathLike)):
+        names = read_classes(classes, K)
+    elif len(classes) != K:
+        raise JcdlError(model, f"{len(classes)} class names given, but the "
+                        f"net outputs {K} values")
+    else:
+        names = list(classes)
+    mean_arr = mean if mean is None or isinstance(mean, np.ndarray) \
+        else read_mean(mean)
+    try:
+        prep = Preprocessor(input_shape(net), mean_arr, resize)
+    except ValueError as e:
+        raise JcdlError(mean if mean is not None else model, str(e)) \
+            from None
+    return Model(net, names, prep, model, weights)
 
 
 # ---------------------------------------------------------------- samples
@@ -246,13 +282,13 @@ def predict_images(net, images, mean=None, batch=32, size=None):
 def key_name(key):
     """A record's name: the path of an ``%08d_<path>`` key."""
     if isinstance(key, bytes):
-        key = key.decode("utf-8", errors="replace")
+        key = key.decode("utf-8", errors="surrogateescape")
     m = re.fullmatch(r"\d{8}_(.+)", key, re.S)
     return m.group(1) if m else key
 
 
 def db_samples(db):
-    """(name, image, distribution) of each Datum of an LMDB."""
+    """(name, image, distribution) of each Datum of an LMDB, in key order."""
     from .lmdbio import datum_image, iter_datums  # noqa: PLC0415
     for key, datum in iter_datums(db):
         name = key_name(key)
@@ -265,157 +301,32 @@ def db_samples(db):
             dist / dist.sum()
 
 
-def list_samples(names, P, root, prep):
+def list_samples(names, P, root, model):
+    """(name, image, distribution) of each row of a list, the image read
+    from ROOT as the model reads files."""
     for name, dist in zip(names, P):
-        yield name, prep.load(Path(root) / name), dist
+        yield name, model.prep.load(image_path(root, name)), dist
 
 
-# --------------------------------------------------------------- evaluate
-
-def _check_k(source, K, K_net, model):
-    if K != K_net:
-        raise JcdlError(source, f"the ground truth has {K} values per "
-                        f"distribution, but {model} outputs {K_net}")
-
-
-def evaluate(model, weights, db=None, list_path=None, root=None, mean=None,
-             classes=None, out=None, batch=32, gpu=None, predictions=None,
-             size=None):
-    """Predicts every image of an LMDB (``db``) or of a list with its image
-    ROOT, and returns metrics.summary of ground truth vs predictions. With
-    ``out``: predictions.txt, metrics.write_reports' files, confusion.png and
-    distributions.png there (a new folder appears only when complete).
-    ``predictions``: also write the predictions file there."""
-    from tqdm import tqdm  # noqa: PLC0415
-    if (db is None) == (list_path is None) or \
-            (list_path is not None and root is None):
-        raise ValueError("give either db, or list_path and root")
-    if batch < 1:
-        raise JcdlError("--batch", f"{batch} is not a positive batch size")
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
-        raise JcdlError(out, "exists and is not a folder")
-    if predictions is not None:
-        check_output_file(predictions, list_path, model, weights, mean,
-                          classes)
-    if list_path is not None:
-        names, P = read_distribution_file(list_path, what="list file")
-        if not Path(root).is_dir():
-            raise JcdlError(root, "no such image folder")
-    elif not Path(db).exists():
-        raise JcdlError(db, "no such LMDB")  # before the slow net loading
-    net = load_net(model, weights, gpu)
-    K_net = output_count(net)
-    class_names = (metrics.read_class_names(classes, K_net) if classes
-                   else metrics.default_class_names(K_net))
-    mean_arr = read_mean(mean) if mean is not None else None
-    try:
-        prep = Preprocessor(input_shape(net), mean_arr, size)
-    except ValueError as e:
-        raise JcdlError(mean, str(e)) from None
-    if list_path is not None:
-        _check_k(list_path, P.shape[1], K_net, model)
-        samples = list_samples(names, P, root, prep)
-        total = len(names)
-    else:
-        from .lmdbio import db_info  # noqa: PLC0415
-        info = db_info(db)
-        if not info["k"]:
-            raise JcdlError(db, "no distribution (float_data) in its "
-                            "records: make it with 'jcdl convert' or "
-                            "convert_imageset_r")
-        _check_k(db, info["k"], K_net, model)
-        samples = db_samples(db)
-        total = info["n"]
-
-    names_out, P_out, Q_parts, examples, pending = [], [], [], [], []
-
-    def flush():
-        Q = forward(net, np.stack(pending))
-        check_distributions(Q, model, net.outputs[-1])
-        Q_parts.append(Q)
-        pending.clear()
-
-    with tqdm(total=total, desc="evaluate", unit="img", disable=None,
-              file=sys.stderr) as bar:
-        for name, img, dist in samples:
-            if len(dist) != K_net:
-                raise JcdlError(db, f"record '{name}' has {len(dist)} "
-                                f"values, but {model} outputs {K_net}")
-            pending.append(prep(img, name))
-            names_out.append(name)
-            P_out.append(dist)
-            if len(examples) < N_EXAMPLES:
-                examples.append(img)
-            if len(pending) == batch:
-                flush()
-            bar.update(1)
-        if pending:
-            flush()
-    P, Q = np.asarray(P_out), np.concatenate(Q_parts)
-
-    if predictions is not None:
-        write_distribution_file(predictions, names_out, Q)
-    if out is None:
-        return metrics.summary(P, Q)
-    with output_folder(out) as tmp:
-        result = write_outputs(tmp, names_out, P, Q, class_names, examples)
-    return result
-
-
-def write_outputs(out_dir, names, P, Q, class_names, examples=None):
-    """predictions.txt, the reports of metrics.write_reports, confusion.png
-    and distributions.png in out_dir; returns the summary."""
-    from . import plot  # noqa: PLC0415
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_distribution_file(out_dir / "predictions.txt", names, Q)
-    result = metrics.write_reports(out_dir, P, Q, class_names)
-    plot.plot_confusion(metrics.confusion(P, Q), class_names,
-                        out_dir / "confusion.png")
-    plot.plot_distributions(names, P, Q, class_names,
-                            out_dir / "distributions.png", n=N_EXAMPLES,
-                            images=examples)
-    return result
+def sample_images(names, db=None, root=None):
+    """The images of these names as stored (an LMDB's records, or the files
+    under ``root``), for showing beside their distributions."""
+    import cv2  # noqa: PLC0415
+    if db is not None:
+        wanted, found = set(names), {}
+        for name, img, _ in db_samples(db):
+            if name in wanted:
+                found[name] = img
+        return [found[n] for n in names]
+    with quiet_opencv():
+        return [cv2.imread(image_path(root, n), cv2.IMREAD_COLOR)
+                for n in names]
 
 
 # -------------------------------------------------------------------- CLI
 
-def cmd_evaluate(args):
-    if args.db is None and (args.list is None or args.root is None):
-        raise JcdlError("evaluate", "give --db DB, or --list LIST and "
-                        "--root ROOT")
-    if args.db is not None and (args.list or args.root):
-        raise JcdlError("evaluate", "give --db, or --list and --root, "
-                        "not both")
-    result = evaluate(args.model, args.weights, db=args.db,
-                      list_path=args.list, root=args.root, mean=args.mean,
-                      size=args.resize,
-                      classes=args.classes, out=args.out, batch=args.batch,
-                      gpu=args.gpu, predictions=args.predictions)
-    print(metrics.to_json(result))
-
-
-def cmd_predict(args):
-    net = load_net(args.model, args.weights, args.gpu)
-    K = output_count(net)
-    class_names = (metrics.read_class_names(args.classes, K) if args.classes
-                   else metrics.default_class_names(K))
-    mean = read_mean(args.mean) if args.mean else None
-    try:
-        Preprocessor(input_shape(net), mean, args.resize)
-    except ValueError as e:
-        raise JcdlError(args.mean, str(e)) from None
-    Q = predict_images(net, args.images, mean, batch=args.batch,
-                       size=args.resize)
-    check_distributions(Q, args.model, net.outputs[-1])
-    for image, q in zip(args.images, Q):
-        print(json.dumps({
-            "image": image,
-            "distribution": {c: float(v) for c, v in zip(class_names, q)},
-            "dominant": class_names[int(np.argmax(q))]}))
-
-
-def _net_args(p):
+def net_args(p):
+    """The options every command that loads a trained net takes."""
     p.add_argument("--model", required=True,
                    help="deploy prototxt (an Input layer, ending in Softmax)")
     p.add_argument("--weights", required=True, help="trained .caffemodel")
@@ -436,31 +347,23 @@ def _net_args(p):
     p.add_argument("--gpu", type=int, help="GPU id (default: CPU)")
 
 
-def register(sub):
-    p = sub.add_parser(
-        "evaluate", help="measures of a trained net on a test set",
-        description="Predicts the emotion distribution of every image of a "
-                    "test LMDB (--db) or list file with its image folder "
-                    "(--list, --root), preprocessed as Caffe's TEST-phase "
-                    "Data layer does (mean subtracted, centre crop), and "
-                    "prints one JSON object: chebyshev, clark, canberra, "
-                    "kl, cosine, intersection, accuracy (dominant emotion), "
-                    "clark_over_sqrt_k, canberra_over_k, kl_infinite, n, k.")
-    _net_args(p)
-    p.add_argument("--db", help="test LMDB (jcdl convert / convert_imageset_r)")
-    p.add_argument("--list", help="test list: 'path p_1 ... p_K' lines")
-    p.add_argument("--root", help="folder the list's paths are relative to")
-    p.add_argument("--out", help="write predictions.txt, metrics.{json,csv,"
-                                 "md}, per_class.{csv,md}, confusion.csv, "
-                                 "confusion.png, distributions.png here")
-    p.add_argument("--predictions", help="also write the predictions "
-                                         "('name q_1 ... q_K') to this file")
-    p.set_defaults(func=cmd_evaluate)
+def model_from_args(args):
+    return load_model(args.model, args.weights, args.mean, args.resize,
+                      args.classes, args.gpu)
 
+
+def cmd_predict(args):
+    model = model_from_args(args)
+    Q = model.predict(args.images, batch=args.batch)
+    for record in model.records(args.images, Q):
+        print(json.dumps(record))
+
+
+def register(sub):
     p = sub.add_parser(
         "predict", help="emotion distributions of images",
         description="Prints one JSON line per image: {\"image\", "
                     "\"distribution\": {emotion: p}, \"dominant\"}.")
-    _net_args(p)
+    net_args(p)
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.set_defaults(func=cmd_predict)

@@ -37,314 +37,14 @@ from pathlib import Path
 
 import numpy as np
 from google.protobuf import text_format
-from google.protobuf.message import DecodeError
 
-from .common import (JcdlError, blob_count, blob_shape, check_layer_graph,
-                     check_output_file, check_weights, cuda_libraries,
-                     fmt_shape, import_caffe, make_folder_for, net_layers,
-                     read_caffemodel, read_text, shape_fits, use_device)
-from .lmdbio import db_info, smallest_raw_image
-from .netgen import LR_POLICIES
-from .metrics import summary
-
-# loss layers whose bottoms are (logits, distribution label)
-DISTRIBUTION_LOSSES = ("SoftmaxWithKLLoss", "SoftmaxWithDominantLoss",
-                       "SoftmaxWithMyKLLoss")
-MEASURES = ("chebyshev", "clark", "canberra", "kl", "cosine",
-            "intersection", "accuracy")
-
-
-def _pb():
-    return import_caffe().proto.caffe_pb2
-
-
-# ------------------------------------------------------ solver and nets
-
-def _read_text_proto(path, message, what):
-    text = read_text(path, what)
-    try:
-        text_format.Merge(text, message)
-    except text_format.ParseError as e:  # "LINE:COLUMN : what"
-        raise JcdlError(path, f"not a valid {what}: "
-                        f"{str(e).split(' : ', 1)[-1]}",
-                        line=e.GetLine()) from None
-    return message
-
-
-def read_solver(path):
-    """The SolverParameter of a solver prototxt."""
-    return _read_text_proto(path, _pb().SolverParameter(), "solver file")
-
-
-def solver_nets(solver, solver_path):
-    """The nets a solver trains and tests, as Caffe picks them: (train,
-    tests), each net a (NetParameter, file it comes from)."""
-    pb = _pb()
-
-    def load(path):
-        if not Path(path).is_file():
-            raise JcdlError(path, f"no such net file (named in {solver_path};"
-                            " caffe reads it relative to the working "
-                            "directory)")
-        return (_read_text_proto(path, pb.NetParameter(), "net file"),
-                str(path))
-
-    general = None
-    if solver.HasField("train_net_param"):
-        train = (solver.train_net_param, str(solver_path))
-    elif solver.train_net:
-        train = load(solver.train_net)
-    elif solver.HasField("net_param"):
-        train = general = (solver.net_param, str(solver_path))
-    elif solver.net:
-        train = general = load(solver.net)
-    else:
-        raise JcdlError(solver_path, "the solver names no net ('net: ...')")
-    tests = [(p, str(solver_path)) for p in solver.test_net_param]
-    tests += [load(f) for f in solver.test_net]
-    if general is not None:
-        tests += [general] * (len(solver.test_iter) - len(tests))
-    if len(solver.test_iter) != len(tests):
-        raise JcdlError(solver_path, f"{len(tests)} test nets but "
-                        f"{len(solver.test_iter)} test_iter values")
-    if tests and solver.test_interval <= 0:
-        raise JcdlError(solver_path, "the solver has test nets but no "
-                        "test_interval > 0")
-    if any(n < 1 for n in solver.test_iter):
-        raise JcdlError(solver_path, "test_iter must be at least 1")
-    check_solver_fields(solver, solver_path, len(tests))
-    return train, tests
-
-
-# What Caffe's solvers understand; anything else aborts it mid-run.
-SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
-
-
-def solver_type(solver, solver_path):
-    """The solver's type, from ``type`` or the legacy ``solver_type``."""
-    if solver.HasField("solver_type"):
-        if solver.HasField("type"):
-            raise JcdlError(solver_path, "give the solver's type by 'type' "
-                            "or by the old 'solver_type', not both")
-        return SOLVER_TYPES[solver.solver_type]  # the enum's order
-    if solver.type not in SOLVER_TYPES:
-        raise JcdlError(solver_path, f"unknown solver type '{solver.type}' "
-                        f"(Caffe's are {', '.join(SOLVER_TYPES)})")
-    return solver.type
-
-
-def check_solver_fields(solver, solver_path, test_nets):
-    """What Caffe's solver CHECKs, most of them only when training reaches
-    them."""
-    solver_type(solver, solver_path)
-    policy = solver.lr_policy
-    if policy not in LR_POLICIES:
-        raise JcdlError(solver_path, f"unknown lr_policy '{policy}' "
-                        f"(Caffe's are {', '.join(LR_POLICIES)})")
-    if policy in ("step", "sigmoid") and solver.stepsize <= 0:
-        raise JcdlError(solver_path, f"lr_policy '{policy}' needs a "
-                        "stepsize > 0")
-    if policy not in ("fixed", "poly") and solver.gamma < 0:
-        raise JcdlError(solver_path, "gamma must not be negative")
-    if solver.max_iter < 0:
-        raise JcdlError(solver_path, "max_iter must not be negative")
-    if solver.average_loss < 1:
-        raise JcdlError(solver_path, "average_loss must be at least 1")
-    if solver.test_state and len(solver.test_state) != test_nets:
-        raise JcdlError(solver_path, f"{len(solver.test_state)} test_state "
-                        f"entries for {test_nets} test nets")
-
-
-def check_layers(layers, net_file, inputs=()):
-    """What Caffe would abort on while building one phase's net (see
-    check_layer_graph), and a batch of 0."""
-    check_layer_graph(layers, net_file, inputs)
-    for layer in layers:
-        if layer.type == "Data" and layer.data_param.batch_size < 1:
-            raise JcdlError(net_file, f"layer '{layer.name}': batch_size "
-                            "must be at least 1")
-
-
-def _num_output(layer):
-    if layer.type == "InnerProduct":
-        return layer.inner_product_param.num_output
-    if layer.type in ("Convolution", "Deconvolution"):
-        return layer.convolution_param.num_output
-    return None
-
-
-def _producer(layers, before, blob):
-    """The last layer before index ``before`` with ``blob`` among its tops."""
-    for layer in reversed(layers[:before]):
-        if blob in layer.top:
-            return layer
-    return None
-
-
-def check_net(net, net_file, phase, state=None):
-    """Checks the Data layers and the distribution losses of one phase of a
-    net. Returns (logits, label) blob names of its first distribution loss,
-    or None."""
-    if not net.layer:
-        return None  # a V1 net ('layers'): Caffe upgrades it, not checked
-    pb = _pb()
-    layers = net_layers(net, phase, state)
-    check_layers(layers, net_file, net.input)
-    label_k = {}  # label top -> (K, LMDB)
-    for layer in layers:
-        if layer.type != "Data":
-            continue
-        source = layer.data_param.source
-        where = f"(source of layer '{layer.name}' in {net_file})"
-        if not source:
-            raise JcdlError(net_file, f"layer '{layer.name}' has no source")
-        if layer.data_param.backend != pb.DataParameter.LMDB:
-            if not Path(source).exists():
-                raise JcdlError(source, f"no such database {where}")
-            continue
-        if not Path(source).exists():
-            raise JcdlError(source, f"no such LMDB {where}")
-        if not Path(source).is_dir():
-            raise JcdlError(source, f"Caffe reads an LMDB folder: name the "
-                            f"folder that holds data.mdb {where}")
-        info = db_info(source)
-        lock = Path(source) / "lock.mdb"
-        read_only_fs = os.statvfs(source).f_flag & os.ST_RDONLY  # no lock
-        if not read_only_fs and not os.access(
-                lock if lock.exists() else source, os.W_OK):
-            raise JcdlError(source, "Caffe opens an LMDB by writing its "
-                            "lock.mdb, which cannot be written here "
-                            f"{where}: copy the LMDB somewhere writable")
-        if len(layer.top) > 1:
-            label_k[layer.top[1]] = (info["k"], source)
-        _check_transform(layer, info, source, net_file)
-    found = None
-    for i, layer in enumerate(layers):
-        if layer.type not in DISTRIBUTION_LOSSES:
-            continue
-        if len(layer.bottom) != 2:
-            raise JcdlError(net_file, f"layer '{layer.name}' ({layer.type}) "
-                            f"takes 2 bottoms (logits, label), not "
-                            f"{len(layer.bottom)}")
-        logits, label = layer.bottom[:2]
-        found = found or (logits, label)
-        if label not in label_k:
-            continue
-        k, source = label_k[label]
-        if k == 0:
-            raise JcdlError(source, f"the LMDB has integer labels (no "
-                            f"float_data), but layer '{layer.name}' "
-                            f"({layer.type}) in {net_file} needs a "
-                            "distribution per image")
-        producer = _producer(layers, i, logits)
-        outputs = producer is not None and _num_output(producer)
-        if outputs and outputs != k:
-            raise JcdlError(net_file, f"layer '{producer.name}' has "
-                            f"num_output {outputs}, but the LMDB {source} "
-                            f"holds K = {k} values per label "
-                            f"(for loss '{layer.name}')")
-    return found
-
-
-def _check_transform(layer, info, source, net_file):
-    tp = layer.transform_param
-    crop = tp.crop_size
-    if crop and crop > min(info["height"], info["width"]):
-        raise JcdlError(net_file, f"layer '{layer.name}': crop_size {crop} "
-                        f"is larger than the {info['height']}x"
-                        f"{info['width']} images of {source}")
-    smallest = smallest_raw_image(source) if crop else None
-    if smallest and crop > min(smallest[1:]):
-        key, h, w = smallest
-        raise JcdlError(net_file, f"layer '{layer.name}': crop_size {crop} "
-                        f"is larger than record {key} ({h}x{w}) of {source}")
-    if tp.mean_file:
-        mean = Path(tp.mean_file)
-        if not mean.is_file():
-            raise JcdlError(mean, f"no such mean file (layer '{layer.name}' "
-                            f"in {net_file})")
-        blob = _pb().BlobProto()
-        try:
-            blob.ParseFromString(mean.read_bytes())
-        except DecodeError:
-            raise JcdlError(mean, "not a mean .binaryproto") from None
-        shape = (tuple(blob.shape.dim)[-3:] if blob.shape.dim else
-                 (blob.channels, blob.height, blob.width))
-        want = (info["channels"], info["height"], info["width"])
-        if tp.force_color or tp.force_gray:  # channels set by the layer
-            want = want[1:]
-            shape = shape[1:]
-        if shape != want:
-            raise JcdlError(mean, f"mean of shape {'x'.join(map(str, shape))}"
-                            f", but the images of {source} are "
-                            f"{'x'.join(map(str, want))}")
-
-
-# ----------------------------------------------------- weights and state
-
-def read_solverstate(path):
-    """(SolverState, the path of its caffemodel). ``learned_net`` is read
-    like Caffe (relative to the working directory), falling back to the
-    file of that name beside the solverstate."""
-    path = Path(path)
-    if not path.is_file():
-        raise JcdlError(path, "no such solverstate")
-    if path.suffix == ".h5":
-        raise JcdlError(path, "HDF5 solverstates are not supported by jcdl "
-                        "train (use caffe train --snapshot)")
-    state = _pb().SolverState()
-    try:
-        state.ParseFromString(path.read_bytes())
-    except DecodeError:
-        raise JcdlError(path, "cannot parse: damaged or not a "
-                        ".solverstate") from None
-    if not state.HasField("iter") or not state.learned_net:
-        raise JcdlError(path, "damaged or not a .solverstate (no iteration "
-                        "or caffemodel recorded)")
-    model = Path(state.learned_net)
-    if not model.is_file():
-        model = path.parent / model.name
-    if not model.is_file():
-        raise JcdlError(path, f"its caffemodel {state.learned_net} is "
-                        "missing")
-    return state, model
-
-
-def check_history(path, state, net, kind):
-    """The solverstate's history blobs must match the net's parameters: one
-    per parameter, two for Adam and AdaDelta (``kind``, the solver type)."""
-    shapes, seen = [], set()
-    for layer in net.layers:
-        for blob in layer.blobs:
-            ptr = blob.data.ctypes.data
-            if ptr not in seen:  # shared parameters count once, as in Caffe
-                seen.add(ptr)
-                shapes.append(tuple(blob.data.shape))
-    history = []
-    for blob in state.history:
-        history.append((*blob_shape(blob), blob_count(blob)))
-    per = 2 if kind in ("Adam", "AdaDelta") else 1
-    if len(history) != per * len(shapes):
-        raise JcdlError(path, f"has {len(history)} history blobs, but the "
-                        f"net's {kind} solver keeps {per * len(shapes)} "
-                        "(damaged, or from another net or solver type?)")
-    for (shape, legacy, count), target in zip(history, shapes * per):
-        if not shape_fits(shape, legacy, target) or count != math.prod(shape):
-            raise JcdlError(path, f"a history blob of shape {fmt_shape(shape)} "
-                            f"({count} values) does not match the net's "
-                            f"parameter {fmt_shape(target)} (damaged, or from "
-                            "another net?)")
-
-
-def set_learned_net(state_path, model):
-    """Makes a binary solverstate name ``model`` as its caffemodel by
-    appending a second ``learned_net`` field: protobuf parsers keep the last
-    value of a field that occurs twice, and the file (as large as the net)
-    is not rewritten."""
-    field = _pb().SolverState(learned_net=str(model)).SerializeToString()
-    with open(state_path, "ab") as f:
-        f.write(field)
-
+from .errors import JcdlError
+from .files import check_output_file, make_folder_for
+from .caffenet import (caffe_pb2, check_weights, cuda_libraries, import_caffe,
+                       read_caffemodel, use_device)
+from .checks import (check_history, check_net, read_solver, read_solverstate,
+                     set_learned_net, solver_nets, solver_type)
+from .metrics import MEASURES, summary
 
 # ----------------------------------------------------------- devices
 
@@ -352,7 +52,7 @@ def select_device(caffe, solver, solver_path, gpu, log):
     """Sets Caffe's mode like ``caffe train``: --gpu wins, else the
     solver's solver_mode/device_id. A GPU solver on a CPU-only Caffe trains
     on the CPU, with a warning."""
-    pb = _pb()
+    pb = caffe_pb2()
     if gpu is None and solver.solver_mode == pb.SolverParameter.GPU:
         if not cuda_libraries():
             log.line("W", "caffe.cpp:183", f"{solver_path} asks for the GPU "
@@ -493,7 +193,7 @@ class _Trainer:
             for name, total in sums.items()})
         if P:
             values = summary(np.concatenate(P), np.concatenate(Q))
-            for name in MEASURES:
+            for name in MEASURES + ("accuracy",):
                 shown = f"ldl_{name}" if name in net.outputs else name
                 self.log.info("solver.cpp:414", f"    Test net output "
                               f"#{index_out}: {shown} = "
@@ -624,7 +324,7 @@ def train(solver_path, weights=None, gpu=None, resume=None, log=None,
     caffemodel written (None when nothing was snapshotted). Ctrl-C
     snapshots and returns, or with ``interrupt_raises`` (a caller that
     trains more than once) raises KeyboardInterrupt after the snapshot."""
-    pb = _pb()
+    pb = caffe_pb2()
     solver_path = str(solver_path)
     param = read_solver(solver_path)
     if weights and resume:

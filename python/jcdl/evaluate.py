@@ -1,0 +1,169 @@
+"""``jcdl evaluate``: a trained net on a test set (an LMDB, or a list with
+its image folder) against its ground truth.
+
+From Python, ``evaluate(model, db=...)`` returns an Evaluation holding the
+arrays (names, true P, predicted Q) and the measures; ``write_evaluation``
+saves what the command saves.
+"""
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import metrics
+from .errors import JcdlError
+from .files import check_output_file, output_folder
+from .lists import read_distributions, write_distributions
+from .predict import (db_samples, list_samples, model_from_args, net_args)
+
+N_EXAMPLES = 6  # images shown in distributions.png
+
+
+@dataclass
+class Evaluation:
+    """A net's predictions on a test set: ``names`` (n), true ``P`` and
+    predicted ``Q`` (float64 (n, K)), the ``classes``, the ``summary``
+    (metrics.summary) and the first images (``examples``, as stored)."""
+    names: list
+    P: np.ndarray
+    Q: np.ndarray
+    classes: list
+    summary: dict
+    examples: list = field(default_factory=list, repr=False)
+
+    def per_sample(self):
+        """Each measure for each image: {measure: (n,) array}."""
+        return metrics.per_sample(self.P, self.Q)
+
+
+def _check_k(source, K, model):
+    if K != model.K:
+        raise JcdlError(source, f"the ground truth has {K} values per "
+                        f"distribution, but {model.model_path} outputs "
+                        f"{model.K}")
+
+
+def test_samples(model, db=None, list_path=None, root=None):
+    """(count, samples) of a test set: an LMDB, or a list and its image
+    ROOT; (name, image, distribution) each, checked against the model's K."""
+    if (db is None) == (list_path is None) or \
+            (list_path is not None and root is None):
+        raise ValueError("give either db, or list_path and root")
+    if list_path is not None:
+        names, P, _ = read_distributions(list_path)
+        if not Path(root).is_dir():
+            raise JcdlError(root, "no such image folder")
+        _check_k(list_path, P.shape[1], model)
+        return len(names), list_samples(names, P, root, model)
+    from .lmdbio import db_info  # noqa: PLC0415
+    info = db_info(db)
+    if not info["k"]:
+        raise JcdlError(db, "no distribution (float_data) in its records: "
+                        "make it with 'jcdl convert' or convert_imageset_r")
+    _check_k(db, info["k"], model)
+    return info["n"], db_samples(db)
+
+
+def evaluate(model, db=None, list_path=None, root=None, batch=32,
+             progress=True):
+    """Predicts every image of an LMDB (``db``) or of a list with its image
+    ``root`` with ``model`` (predict.load_model) and returns the
+    Evaluation."""
+    from tqdm import tqdm  # noqa: PLC0415
+    total, samples = test_samples(model, db, list_path, root)
+    names, P, examples = [], [], []
+
+    def arrays():
+        for name, img, dist in samples:
+            if len(dist) != model.K:
+                raise JcdlError(db, f"record '{name}' has {len(dist)} "
+                                f"values, but {model.model_path} outputs "
+                                f"{model.K}")
+            names.append(name)
+            P.append(dist)
+            if len(examples) < N_EXAMPLES:
+                examples.append(img)
+            bar.update(1)
+            yield img
+
+    with tqdm(total=total, desc="evaluate", unit="img",
+              disable=None if progress else True, file=sys.stderr) as bar:
+        Q = model.predict_arrays(arrays(), batch, names)
+    P = np.asarray(P)
+    return Evaluation(names, P, Q, model.classes, metrics.summary(P, Q),
+                      examples)
+
+
+def write_evaluation(ev, out_dir):
+    """predictions.txt, metrics.write_reports' files, confusion.png and
+    distributions.png in out_dir; returns the summary."""
+    from . import plot  # noqa: PLC0415
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_distributions(out_dir / "predictions.txt", ev.names, ev.Q)
+    result = metrics.write_reports(out_dir, ev.P, ev.Q, ev.classes)
+    plot.save_figure(plot.confusion_figure(metrics.confusion(ev.P, ev.Q),
+                                           ev.classes),
+                     out_dir / "confusion.png")
+    plot.save_figure(plot.distributions_figure(
+        ev.names, ev.P, ev.Q, ev.classes, n=N_EXAMPLES, images=ev.examples),
+        out_dir / "distributions.png")
+    return result
+
+
+# -------------------------------------------------------------------- CLI
+
+def cmd_evaluate(args):
+    if args.db is None and (args.list is None or args.root is None):
+        raise JcdlError("evaluate", "give --db DB, or --list LIST and "
+                        "--root ROOT")
+    if args.db is not None and (args.list or args.root):
+        raise JcdlError("evaluate", "give --db, or --list and --root, "
+                        "not both")
+    if args.out is not None and Path(args.out).exists() and \
+            not Path(args.out).is_dir():
+        raise JcdlError(args.out, "exists and is not a folder")
+    if args.predictions is not None:
+        check_output_file(args.predictions, args.list, args.model,
+                          args.weights, args.mean, args.classes)
+    if args.list is not None:       # bad input before the slow net loading
+        read_distributions(args.list)
+        if not Path(args.root).is_dir():
+            raise JcdlError(args.root, "no such image folder")
+    elif not Path(args.db).exists():
+        raise JcdlError(args.db, "no such LMDB")
+    model = model_from_args(args)
+    ev = evaluate(model, db=args.db, list_path=args.list, root=args.root,
+                  batch=args.batch)
+    if args.out is None:
+        if args.predictions is not None:
+            write_distributions(args.predictions, ev.names, ev.Q)
+    else:   # the predictions file only once the folder is written
+        with output_folder(args.out) as tmp:
+            write_evaluation(ev, tmp)
+            if args.predictions is not None:
+                write_distributions(args.predictions, ev.names, ev.Q)
+    print(metrics.to_json(ev.summary))
+
+
+def register(sub):
+    p = sub.add_parser(
+        "evaluate", help="measures of a trained net on a test set",
+        description="Predicts the emotion distribution of every image of a "
+                    "test LMDB (--db) or list file with its image folder "
+                    "(--list, --root), preprocessed as Caffe's TEST-phase "
+                    "Data layer does (mean subtracted, centre crop), and "
+                    "prints one JSON object: chebyshev, clark, canberra, "
+                    "kl, cosine, intersection, accuracy (dominant emotion), "
+                    "clark_over_sqrt_k, canberra_over_k, kl_infinite, n, k.")
+    net_args(p)
+    p.add_argument("--db", help="test LMDB (jcdl convert / convert_imageset_r)")
+    p.add_argument("--list", help="test list: 'path p_1 ... p_K' lines")
+    p.add_argument("--root", help="folder the list's paths are relative to")
+    p.add_argument("--out", help="write predictions.txt, metrics.{json,csv,"
+                                 "md}, per_class.{csv,md}, confusion.csv, "
+                                 "confusion.png, distributions.png here")
+    p.add_argument("--predictions", help="also write the predictions "
+                                         "('name q_1 ... q_K') to this file")
+    p.set_defaults(func=cmd_evaluate)

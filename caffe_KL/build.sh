@@ -7,6 +7,10 @@
 # env:   CAFFE_SRC=/path   use this BVLC Caffe tree instead of the download
 #        CUDA_ARCH=90      GPU architecture(s) for the cuda flavour ("80 90")
 #        USE_CUDNN=0|1     cuda flavour only (default 0, see README)
+#        USE_NCCL=auto|0|1 cuda flavour only: NCCL for multi-GPU training
+#                          (caffe train -gpu 0,1 / -gpu all); auto (default)
+#                          builds with it when NCCL_DIR, the CUDA toolkit or
+#                          /usr has nccl.h and libnccl.so, 1 requires it
 #        JOBS=N            parallel compile jobs (default: all cores)
 #        PYTHON=path       python whose numpy headers pycaffe is built against
 #        BUILD_DIR=dir     build here instead of build/<flavour> (e.g. the GPU
@@ -19,6 +23,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 flavour=${1:-cpu}; shift || true
 case $flavour in cpu|cuda) ;; *) echo "build.sh: flavour must be cpu or cuda, not '$flavour'" >&2; exit 2;; esac
+case ${USE_NCCL:-auto} in auto|0|1) ;; *) echo "build.sh: USE_NCCL must be auto, 0 or 1, not '$USE_NCCL'" >&2; exit 2;; esac
 
 case ${BUILD_DIR:-} in
   "") out=$root/build/$flavour ;;
@@ -105,8 +110,31 @@ if [ "$flavour" = cpu ]; then
 else
   arch=${CUDA_ARCH:-90}
   args+=(-DCPU_ONLY=OFF -DUSE_CUDNN=$([ "${USE_CUDNN:-0}" = 1 ] && echo ON || echo OFF)
-         -DUSE_NCCL=OFF -DCUDA_ARCH_NAME=Manual -DCUDA_ARCH_BIN="$arch" -DCUDA_ARCH_PTX="${arch##* }"
+         -DCUDA_ARCH_NAME=Manual -DCUDA_ARCH_BIN="$arch" -DCUDA_ARCH_PTX="${arch##* }"
          -DCUDA_TOOLKIT_ROOT_DIR="${CUDA_HOME:-/usr/local/cuda}")
+  # NCCL: Caffe's multi-GPU data parallelism. Upstream's FindNCCL looks only
+  # in /usr and /usr/local, not in the CUDA toolkit (where CUDA 13's pip
+  # toolkit puts it), so name the header and the library, from one root.
+  nccl_inc= nccl_lib=
+  if [ "${USE_NCCL:-auto}" != 0 ]; then
+    cuda_home=${CUDA_HOME:-/usr/local/cuda}
+    for pair in ${NCCL_DIR:+"$NCCL_DIR/include:$NCCL_DIR/lib64" "$NCCL_DIR/include:$NCCL_DIR/lib"} \
+                "$cuda_home/include:$cuda_home/lib64" "$cuda_home/include:$cuda_home/lib" \
+                "/usr/include:/usr/lib/$(gcc -print-multiarch 2>/dev/null)" "/usr/include:/usr/lib64"; do
+      if [ -f "${pair%%:*}/nccl.h" ] && [ -e "${pair#*:}/libnccl.so" ]; then
+        nccl_inc=${pair%%:*} nccl_lib=${pair#*:}/libnccl.so; break
+      fi
+    done
+  fi
+  if [ -n "$nccl_inc" ]; then
+    args+=(-DUSE_NCCL=ON -DNCCL_INCLUDE_DIR="$nccl_inc" -DNCCL_LIBRARIES="$nccl_lib")
+  elif [ "${USE_NCCL:-auto}" = 1 ]; then
+    log "USE_NCCL=1 but there is no nccl.h with libnccl.so in" \
+        "${NCCL_DIR:+NCCL_DIR=$NCCL_DIR, }${CUDA_HOME:-/usr/local/cuda} or /usr: set NCCL_DIR"
+    exit 1
+  else
+    args+=(-DUSE_NCCL=OFF)
+  fi
   # CUDA 12.8+ makes __global__ template stubs static and hidden: the test
   # binary launches kernels defined in libcaffe (im2col), so keep them
   # visible. (grep without -q: with pipefail, -q's early exit fails the pipe)

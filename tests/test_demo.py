@@ -6,10 +6,11 @@ import subprocess
 import time
 
 import cv2
+import numpy as np
 import pytest
 
 from conftest import BIN, assert_clean_error, jcdl
-from jcdl import demo, metrics
+from jcdl import datasets, demo, metrics, priors
 from jcdl.errors import JcdlError
 from jcdl.lists import read_distributions
 
@@ -24,7 +25,7 @@ def test_demo_small_budget(tmp_path):
     assert "solver.cpp" not in proc.stderr
     assert "Iteration 120, Testing net" in (out / "jcdl" / "train.log").read_text()
     results = json.loads((out / "metrics.json").read_text())
-    assert set(results) == {"jcdl", "kl_only", "softmax_only"}
+    assert set(results) == {"jcdl", "kl_only", "softmax_only", "jcdl_priors"}
     for variant, r in results.items():
         assert KEYS <= set(r), variant
         assert r["n"] == 48
@@ -40,6 +41,18 @@ def test_demo_small_budget(tmp_path):
         assert results[variant]["kl"] < uniform["kl"], variant
     for r in results.values():
         assert r["accuracy"] > 2 / P.shape[1]
+    # the priors variant trained on the dominant emotion alone, made a
+    # distribution by the prior 'both', and was scored against the votes
+    names, T, _ = read_distributions(out / "lists" / "train.txt")
+    names_p, Tp, _ = read_distributions(out / "lists" / "train_priors.txt")
+    assert names_p == names
+    assert np.allclose(Tp, priors.Prior(datasets.MIKELS_CLASSES).matrix[
+        T.argmax(axis=1)], atol=1e-8)
+    assert (Tp.argmax(axis=1) == T.argmax(axis=1)).all()
+    assert results["jcdl_priors"]["kl"] < uniform["kl"]
+    assert "train_priors_lmdb" in (out / "jcdl_priors" /
+                                   "train_val.prototxt").read_text()
+    assert "| jcdl_priors |" in (out / "report.md").read_text()
     report = (out / "report.md").read_text()
     assert "synthetic" in report
     for variant in results:

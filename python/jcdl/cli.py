@@ -20,6 +20,7 @@ STAGES = {
     "score": "metrics",
     "plot": "plot",
     "demo": "demo",
+    "reproduce": "reproduce",
 }
 
 

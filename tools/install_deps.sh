@@ -5,7 +5,8 @@ pkgs=(build-essential cmake ccache curl ca-certificates patch pkg-config
       libprotobuf-dev protobuf-compiler libgoogle-glog-dev libgflags-dev
       libhdf5-dev liblmdb-dev libleveldb-dev libsnappy-dev libopencv-dev
       libboost-system-dev libboost-thread-dev libboost-filesystem-dev
-      libboost-python-dev libopenblas-dev python3-dev python3-venv)
+      libboost-python-dev libopenblas-dev python3-dev python3-venv
+      chromium chromium-driver)  # the last two: tests/test_serve.py's browser
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

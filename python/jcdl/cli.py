@@ -21,6 +21,7 @@ STAGES = {
     "plot": "plot",
     "demo": "demo",
     "reproduce": "reproduce",
+    "serve": "serve",
 }
 
 

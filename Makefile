@@ -3,6 +3,7 @@
 #   make test       set-up, then Caffe's gtest suite with ours, then pytest
 #   make demo       the whole method on a synthetic dataset (runs/demo/)
 #   make test-caffe Caffe's gtest suite alone
+#   make notebooks  executes notebooks/*.ipynb on runs/demo into runs/notebooks/
 #   make cuda       the CUDA build into build/cuda (CUDA_ARCH=90 by default)
 #   CUDA=1 make     set-up with the CUDA build as the one .venv uses
 SHELL := /bin/bash
@@ -18,7 +19,7 @@ TOOLS := caffe convert_imageset_r compute_image_mean convert_imageset \
          upgrade_solver_proto_text
 GTEST_FILTER ?= -*GPU*
 
-.PHONY: all deps caffe install test test-caffe test-python demo cuda clean
+.PHONY: all deps caffe install test test-caffe test-python demo notebooks cuda clean
 
 all: install
 
@@ -29,8 +30,8 @@ $(PY): | deps
 	$(SYSTEM_PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[test]'
+$(VENV)/.installed: pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,notebooks]'
 	@touch $@
 
 caffe: $(VENV)/.installed
@@ -52,6 +53,12 @@ test: test-caffe test-python
 
 demo: install
 	$(VENV)/bin/jcdl demo --out runs/demo
+
+runs/demo/metrics.json: | install
+	$(VENV)/bin/jcdl demo --out runs/demo
+
+notebooks: install runs/demo/metrics.json
+	$(PY) tools/run_notebooks.py --run runs/demo --out runs/notebooks notebooks/*.ipynb
 
 cuda: $(VENV)/.installed
 	@caffe_KL/build.sh cuda

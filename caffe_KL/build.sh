@@ -145,7 +145,10 @@ else
 fi
 # shellcheck disable=SC2206  # word-split on purpose: several options
 args+=(${CAFFE_CMAKE_ARGS:-})
-cfg_stamp=$(echo "$overlay_list ${args[*]}" | sha256sum | cut -c1-16)
+# pycaffe's _caffe.so is compiled against this numpy's headers: another
+# numpy version reconfigures and rebuilds it
+numpy_version=$("$python" -c 'import numpy; print(numpy.__version__)' 2>/dev/null || echo none)
+cfg_stamp=$(echo "$overlay_list ${args[*]} numpy=$numpy_version" | sha256sum | cut -c1-16)
 if [ "$(cat "$out/.overlay-stamp" 2>/dev/null)" != "$cfg_stamp" ] || [ ! -f "$bin/Makefile" ]; then
   log "configuring $flavour build in $bin"
   mkdir -p "$bin"

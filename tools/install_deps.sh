@@ -6,6 +6,7 @@ pkgs=(build-essential cmake ccache curl ca-certificates patch pkg-config
       libhdf5-dev liblmdb-dev libleveldb-dev libsnappy-dev libopencv-dev
       libboost-system-dev libboost-thread-dev libboost-filesystem-dev
       libboost-python-dev libopenblas-dev python3-dev python3-venv
+      graphviz  # caffe.draw's images
       chromium chromium-driver)  # the last two: tests/test_serve.py's browser
 missing=()
 for p in "${pkgs[@]}"; do

@@ -124,3 +124,35 @@ def test_other_settings_and_bad_input(first_run, tmp_path):
     (tmp_path / "busy" / "notes.txt").write_text("mine\n")
     proc = jcdl("reproduce", "emotion6", root, tmp_path / "busy", check=False)
     assert_clean_error(proc, "busy: exists and is not a jcdl reproduce folder")
+
+
+def test_fi_single_label_through_reproduce_and_evaluate(tmp_path):
+    """FI's layout through the whole protocol: distributions made by the
+    priors, accuracy the headline; jcdl evaluate finds the marker beside
+    the classes file and says it is single-label ground truth."""
+    from test_priors import fi_folder  # noqa: PLC0415
+    root, out = tmp_path / "FI", tmp_path / "out"
+    fi_folder(root, per_class=3)
+    proc = jcdl("reproduce", "fi", root, out, "--arch", "small", "--splits",
+                "1", "--iterations", "5", "--sigma", "0.7")
+    assert "summary.json: 1 split(s), accuracy" in proc.stdout
+    s = json.loads((out / "summary.json").read_text())
+    assert s["ground_truth"] == "single_label" and s["std"]["kl"] is None
+    assert s["prior"] == {"prior": "both", "sigma": 0.7}
+    md = (out / "summary.md").read_text()
+    assert md.index("Accuracy") < md.index("KL ↓")
+    assert "Single-label ground truth" in md and "prior 'both'" in md
+    paths = s["per_split"][0]["paths"]
+    args = ["evaluate", "--model", paths["deploy"], "--weights",
+            paths["weights"], "--mean", paths["mean"], "--db",
+            paths["test_lmdb"], "--classes", paths["classes"]]
+    proc = jcdl(*args)
+    result = json.loads(proc.stdout)
+    assert list(result)[:2] == ["ground_truth", "accuracy"]
+    assert result["ground_truth"] == "single_label"
+    assert result["prior"] == {"prior": "both", "sigma": 0.7}
+    assert result["accuracy"] == pytest.approx(
+        s["per_split"][0]["measures"]["accuracy"])
+    assert "single-label ground truth: accuracy" in proc.stderr
+    result = json.loads(jcdl(*args, "--truth", "distribution").stdout)
+    assert result["ground_truth"] == "distribution"

@@ -95,6 +95,30 @@ def evaluate(model, db=None, list_path=None, root=None, batch=32,
                       examples)
 
 
+def with_ground_truth(summary, info):
+    """The summary saying which ground truth it was measured against:
+    ``ground_truth`` "distribution" (votes), or "single_label" (``info``:
+    what datasets.single_label_info read) with accuracy first and the
+    prior that made the distributions."""
+    if not info:
+        return dict(summary, ground_truth="distribution")
+    out = {"ground_truth": "single_label", "accuracy": summary["accuracy"]}
+    out.update(summary)
+    out["prior"] = {k: info.get(k) for k in ("prior", "sigma")}
+    return out
+
+
+def ground_truth_info(truth, classes):
+    """What the test set's labels are: ``truth`` "auto" (single-label when
+    the classes file has prepare's single_label.json beside it),
+    "distribution" or "single_label"."""
+    from .datasets import single_label_info  # noqa: PLC0415
+    info = single_label_info(classes) if truth != "distribution" else None
+    if truth == "single_label" and info is None:
+        info = {"kind": "single_label", "prior": None, "sigma": None}
+    return info
+
+
 def write_evaluation(ev, out_dir):
     """predictions.txt, metrics.write_reports' files, confusion.png and
     distributions.png in out_dir; returns the summary."""
@@ -124,6 +148,7 @@ def cmd_evaluate(args):
     if args.out is not None and Path(args.out).exists() and \
             not Path(args.out).is_dir():
         raise JcdlError(args.out, "exists and is not a folder")
+    info = ground_truth_info(args.truth, args.classes)
     if args.predictions is not None:
         check_output_file(args.predictions, args.list, args.model,
                           args.weights, args.mean, args.classes)
@@ -144,7 +169,13 @@ def cmd_evaluate(args):
             write_evaluation(ev, tmp)
             if args.predictions is not None:
                 write_distributions(args.predictions, ev.names, ev.Q)
-    print(metrics.to_json(ev.summary))
+    if info:
+        how = f" by the prior '{info['prior']}'" if info.get("prior") else ""
+        print(f"jcdl evaluate: single-label ground truth: accuracy "
+              f"{ev.summary['accuracy']:.4f} is the measure (the LDL measures "
+              f"compare with distributions made from the labels{how})",
+              file=sys.stderr)
+    print(metrics.to_json(with_ground_truth(ev.summary, info)))
 
 
 def register(sub):
@@ -166,4 +197,10 @@ def register(sub):
                                  "confusion.png, distributions.png here")
     p.add_argument("--predictions", help="also write the predictions "
                                          "('name q_1 ... q_K') to this file")
+    p.add_argument("--truth", choices=("auto", "distribution",
+                                       "single_label"), default="auto",
+                   help="what the test labels are: auto (default) reads "
+                   "single_label.json beside --classes, which jcdl prepare "
+                   "writes for fi and single; the JSON's ground_truth says "
+                   "which, and for single labels accuracy is the headline")
     p.set_defaults(func=cmd_evaluate)

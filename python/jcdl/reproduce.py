@@ -206,8 +206,7 @@ def run_split(k, n, root, lists, out, arch, weights, gpu, iterations, seed,
     with output_folder(folder / "eval") as tmp:
         evaluate.write_evaluation(ev, tmp)
     info = datasets.single_label_info(classes)
-    measures = dict(ev.summary, ground_truth="single_label" if info
-                    else "distribution")
+    measures = evaluate.with_ground_truth(ev.summary, info)
     result = {"split": k, "measures": measures, "paths": {
         "train_list": str(source / "train.txt"),
         "test_list": str(source / "test.txt"),

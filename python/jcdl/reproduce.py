@@ -296,6 +296,9 @@ def reproduce(kind, root, out, splits=None, arch="vgg16", weights=None,
         raise JcdlError(arch, "unknown architecture (vgg16 or small)")
     if not Path(root).is_dir():
         raise JcdlError(root, "no such dataset folder")
+    if kind == "single" and (gt is None or classes is None):
+        raise JcdlError("reproduce single", "give --gt LIST (its 'path "
+                        "class' lines) and --classes FILE")
     if weights is not None and not Path(weights).is_file():
         raise JcdlError(weights, "no such weights file")
     if iterations is not None and iterations < 1:
@@ -386,8 +389,10 @@ def register(sub):
         formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
     p.add_argument("kind", choices=KINDS, metavar="KIND",
                    help="dataset: " + ", ".join(KINDS))
-    p.add_argument("root", help="the dataset folder (as for jcdl prepare)")
-    p.add_argument("out", help="output folder (a rerun continues it)")
+    p.add_argument("root", metavar="ROOT",
+                   help="the dataset folder (as for jcdl prepare)")
+    p.add_argument("out", metavar="OUT",
+                   help="output folder (a rerun continues it)")
     p.add_argument("--splits", type=int_arg(1, 1000), metavar="N",
                    help="N random 80/20 splits (default: the dataset's own "
                    f"splits, else {DEFAULT_SPLITS})")

@@ -58,10 +58,16 @@ runs/demo/metrics.json: | install
 	$(VENV)/bin/jcdl demo --out runs/demo
 
 notebooks: install runs/demo/metrics.json
-	$(PY) tools/run_notebooks.py --run runs/demo --out runs/notebooks notebooks/*.ipynb
+	$(PY) tools/run_notebooks.py --out runs/notebooks notebooks/*.ipynb
 
 cuda: $(VENV)/.installed
 	@caffe_KL/build.sh cuda
 
 clean:
 	rm -rf build $(VENV) runs
+
+# jcdl serve's page over the demo's net, in headless chromium (the demo is
+# made first when missing): runs/serve/page.png, page-narrow.png
+.PHONY: screenshot
+screenshot: install runs/demo/metrics.json
+	$(PY) tools/serve_screenshot.py --demo runs/demo --out runs/serve

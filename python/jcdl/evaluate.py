@@ -5,6 +5,8 @@ From Python, ``evaluate(model, db=...)`` returns an Evaluation holding the
 arrays (names, true P, predicted Q) and the measures; ``write_evaluation``
 saves what the command saves.
 """
+import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,63 @@ class Evaluation:
     def per_sample(self):
         """Each measure for each image: {measure: (n,) array}."""
         return metrics.per_sample(self.P, self.Q)
+
+
+@dataclass
+class RunFiles:
+    """The files of a training run folder (``jcdl netgen --out`` and what
+    training wrote there): ``deploy``, the newest snapshot's ``weights``,
+    the TEST phase's ``test_db`` and ``mean`` (None without one), the
+    training ``log`` (None when missing)."""
+    folder: Path
+    deploy: Path
+    weights: Path
+    test_db: Path
+    mean: Path
+    log: Path
+
+
+def find_run(folder):
+    """The RunFiles of a run folder. Paths inside its solver and nets are
+    relative to where training ran: each is looked up as written, then
+    under the folder's ancestors."""
+    from .caffenet import caffe_pb2, net_layers, read_text_proto  # noqa
+    from .train import snapshot_prefix  # noqa: PLC0415
+    folder = Path(folder)
+    bases = [Path(".")] + [Path(os.path.normpath(folder / ("../" * i)))
+                           for i in range(len(folder.parts) + 1)]
+
+    def resolve(path):
+        path = Path(path)
+        if path.is_absolute():
+            return path
+        return next((b / path for b in bases if (b / path).exists()), path)
+
+    pb2 = caffe_pb2()
+    solver_path = folder / "solver.prototxt"
+    solver = read_text_proto(solver_path, pb2.SolverParameter(),
+                             "solver file")
+    net_path = resolve(solver.net or solver.train_net)
+    net = read_text_proto(net_path, pb2.NetParameter(), "net file")
+    data = [layer for layer in net_layers(net, pb2.TEST)
+            if layer.type == "Data"]
+    if not data:
+        raise JcdlError(net_path, "no Data layer in the TEST phase: which "
+                        "LMDB does the run test on?")
+    prefix = snapshot_prefix(solver, solver_path)
+    snaps = [(int(m.group(1)), p) for p in
+             resolve(Path(prefix).parent).glob(
+                 Path(prefix).name + "_iter_*.caffemodel")
+             if (m := re.search(r"_iter_(\d+)\.caffemodel$", p.name))]
+    if not snaps:
+        raise JcdlError(folder, f"no snapshot {prefix}_iter_N.caffemodel: "
+                        "has the run been trained?")
+    mean = data[0].transform_param.mean_file
+    log = folder / "train.log"
+    return RunFiles(folder, folder / "deploy.prototxt", max(snaps)[1],
+                    resolve(data[0].data_param.source),
+                    resolve(mean) if mean else None,
+                    log if log.is_file() else None)
 
 
 def _check_k(source, K, model):
@@ -117,6 +176,13 @@ def ground_truth_info(truth, classes):
     if truth == "single_label" and info is None:
         info = {"kind": "single_label", "prior": None, "sigma": None}
     return info
+
+
+def result(ev, classes=None, truth="auto"):
+    """What ``jcdl evaluate`` prints of an Evaluation: its summary, saying
+    which ground truth it was measured against (``classes``: the classes
+    file, beside which prepare marks single-label sets)."""
+    return with_ground_truth(ev.summary, ground_truth_info(truth, classes))
 
 
 def write_evaluation(ev, out_dir):

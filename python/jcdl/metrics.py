@@ -38,6 +38,40 @@ LOWER_IS_BETTER = {"chebyshev": True, "clark": True, "canberra": True,
                    "accuracy": False}
 
 
+# Published numbers for orientation (ORIGINAL.md): StyleEDL (Jing et al.,
+# ACM MM 2023), whose metric code divides the sum under Clark's root by K and
+# Canberra by K: compare them with clark_over_sqrt_k and canberra_over_k.
+PUBLISHED = {
+    "flickr_ldl": {"kl": 0.39, "chebyshev": 0.21, "clark_over_sqrt_k": 0.76,
+                   "canberra_over_k": 0.66, "cosine": 0.88,
+                   "intersection": 0.71},
+    "twitter_ldl": {"kl": 0.42, "chebyshev": 0.22, "clark_over_sqrt_k": 0.84,
+                    "canberra_over_k": 0.77, "cosine": 0.89,
+                    "intersection": 0.73},
+    "emotion6": {"kl": 0.36, "chebyshev": 0.22, "clark_over_sqrt_k": 0.59,
+                 "canberra_over_k": 0.47, "cosine": 0.84,
+                 "intersection": 0.70},
+}
+PUBLISHED_BY = ("StyleEDL (Jing et al., 2023; Clark and Canberra divided by "
+                "K inside the sums: Clark/√K and Canberra/K)")
+# every measure in both forms, with the form each is in
+FORMS = (("kl", "KL ↓"), ("chebyshev", "Chebyshev ↓"),
+         ("clark", "Clark ↓ (Geng's, unnormalised)"),
+         ("clark_over_sqrt_k", "Clark/√K ↓ (StyleEDL's form)"),
+         ("canberra", "Canberra ↓ (Geng's, unnormalised)"),
+         ("canberra_over_k", "Canberra/K ↓ (StyleEDL's form)"),
+         ("cosine", "Cosine ↑"), ("intersection", "Intersection ↑"),
+         ("accuracy", "Accuracy ↑ (dominant emotion)"))
+
+
+def published_rows(result, dataset=None):
+    """Rows {measure, ours, published} of a summary in both forms, beside
+    the numbers published for ``dataset`` ("—" where there are none)."""
+    published = PUBLISHED.get(dataset, {})
+    return [{"measure": label, "ours": result[key],
+             "published": published.get(key, "—")} for key, label in FORMS]
+
+
 def _ratio(num, den):
     """num / den elementwise, 0 where den == 0."""
     out = np.zeros_like(num)

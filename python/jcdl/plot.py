@@ -20,6 +20,7 @@ test net #N > 0) and ``lr``; each is a pair of arrays (iterations, values).
 """
 import csv
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,8 @@ _PREFERRED = ("accuracy", "kl", "cosine", "intersection", "chebyshev",
 
 def _pyplot():
     import matplotlib  # noqa: PLC0415  (slow: only where plots are made)
-    matplotlib.use("Agg")
+    if "matplotlib.pyplot" not in sys.modules:  # a notebook chose its own
+        matplotlib.use("Agg")
     # labels are names (emotions, blobs, files): a '$' in one is text, not
     # the start of a formula matplotlib would fail to parse
     matplotlib.rcParams["text.parse_math"] = False

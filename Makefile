@@ -58,7 +58,7 @@ runs/demo/metrics.json: | install
 	$(VENV)/bin/jcdl demo --out runs/demo
 
 notebooks: install runs/demo/metrics.json
-	$(PY) tools/run_notebooks.py --run runs/demo --out runs/notebooks notebooks/*.ipynb
+	$(PY) tools/run_notebooks.py --out runs/notebooks notebooks/*.ipynb
 
 cuda: $(VENV)/.installed
 	@caffe_KL/build.sh cuda

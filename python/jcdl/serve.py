@@ -43,6 +43,7 @@ DEFAULT_MAX_PIXELS = 40_000_000      # width x height per image
 PART_OVERHEAD = 16 * 1024            # multipart headers per file, at most
 FORM_OVERHEAD = 64 * 1024            # other form fields, boundaries
 FORM_MEMORY = 2 ** 20                # a text field / the parser's buffer
+DRAIN_LIMIT = 256 * 2 ** 20          # a refused body read to its end
 STOP_WAIT_S = 60                     # how long Ctrl-C waits for a forward
 
 CSP = ("default-src 'none'; script-src 'unsafe-inline'; "
@@ -209,6 +210,7 @@ class App:
                            f"field '{FIELD}'")
         length = request.content_length
         if length is not None and length > self.max_request:
+            _drain(request.environ, length)
             raise ApiError(413, self._too_large_request(length))
         try:
             files = request.files
@@ -254,6 +256,20 @@ class App:
         return (f"too large: {what}, the limit is {self.max_files} images "
                 f"of at most {human(self.max_size)} (--max-files, "
                 f"--max-size)")
+
+
+def _drain(environ, length):
+    """Reads and drops a refused body of up to DRAIN_LIMIT bytes, so that
+    the client, still sending, reads the 413 rather than a reset
+    connection (werkzeug's server only drains what is already there)."""
+    if length > DRAIN_LIMIT:
+        return
+    stream = environ["wsgi.input"]
+    while length > 0:
+        data = stream.read(min(length, 2 ** 20))
+        if not data:
+            return
+        length -= len(data)
 
 
 def _http_message(e, request):

@@ -302,27 +302,36 @@ def test_bad_requests_get_a_4xx_json_error(server, net, case):
 
 
 def test_a_burst_of_concurrent_requests(server, net):
-    """48 requests from 12 threads at once, some bad: each answer is the
-    one for its own upload (predict's record, or the error naming it)."""
+    """96 requests from 16 threads at once: single images, groups of three
+    (the net reshaped between batch sizes) and bad files. Each answer is
+    the one for its own upload: `jcdl predict`'s records for the same
+    files in the same batch, or the error naming the bad file."""
     files = net["files"]
-    want = {f.name: predict_cli(net, [f])[0] for f in files}
-    jobs = [(files[i % len(files)].name, read(files[i % len(files)]))
-            if i % 7 else (f"bad{i}.jpg", b"GIF89a but not really")
-            for i in range(48)]
+    groups = [files[:3], files[3:]]
+    want = {(f.name,): [r] for f, r in
+            zip(files, predict_cli(net, files, batch=1))}
+    for g in groups:
+        want[tuple(f.name for f in g)] = predict_cli(net, g)
+    kinds = [[f] for f in files] + groups + [None]
+    jobs = []
+    for i in range(96):
+        kind = kinds[i % len(kinds)]
+        jobs.append([(f"bad{i}.jpg", b"GIF89a but not really")]
+                    if kind is None else [(f.name, read(f)) for f in kind])
 
-    def send(job):
-        return job[0], server.upload([job])
+    def send(parts):
+        return tuple(name for name, _ in parts), server.upload(parts)
 
     t = time.monotonic()
-    with ThreadPoolExecutor(12) as pool:
+    with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(send, jobs))
     assert time.monotonic() - t < 120
-    assert len(answers) == 48
-    for name, (status, answer) in answers:
-        if name.startswith("bad"):
-            assert status == 400 and answer["image"] == name, answer
+    assert len(answers) == 96
+    for names, (status, answer) in answers:
+        if names[0].startswith("bad"):
+            assert status == 400 and answer["image"] == names[0], answer
         else:
-            assert status == 200 and answer == [want[name]], (name, answer)
+            assert status == 200 and answer == want[names], (names, answer)
 
 
 # ------------------------------------------------------------ the page

@@ -31,6 +31,7 @@ import signal
 import socket
 import sys
 import threading
+import traceback
 import warnings
 from importlib import resources
 
@@ -139,6 +140,10 @@ class App:
             if e.code == 405:
                 response.headers["Allow"] = ", ".join(
                     e.valid_methods or ())
+        except Exception as e:   # a bug: said in JSON, logged, serving on
+            traceback.print_exc()
+            response = self._json({"error": f"internal error: "
+                                   f"{type(e).__name__}: {e}"}, 500)
         return response(environ, start_response)
 
     def _request(self, environ):

@@ -11,6 +11,8 @@ import os
 import re
 import sys
 
+from pathlib import Path
+
 import numpy as np
 
 from .errors import JcdlError
@@ -162,3 +164,25 @@ def read_classes(path, K=None):
             raise JcdlError(path, f"class '{name}' is named twice: each "
                             "emotion once")
     return names
+
+
+class GroundTruth:
+    """What a dataset reader returns: image names as written in the ground
+    truth, distributions (n x K, rows sum 1), where each came from (line
+    numbers, or None), the class names, and the dataset's own splits (list of
+    (train indices, test indices)) if it has any."""
+
+    def __init__(self, path, names, P, lines, classes, splits=None,
+                 prior=None):
+        self.path, self.names, self.P = Path(path), list(names), P
+        self.lines, self.classes, self.splits = list(lines), classes, splits
+        self.prior = prior   # a priors.Prior for single-label data
+
+
+def columns_error(path, line, n, want, what, has_newline):
+    """A row of n columns where want were expected: a truncated last line
+    (no newline) is named as such."""
+    if n < want and not has_newline:
+        raise JcdlError(path, f"truncated line: {n} of {want} columns ({what}); "
+                        "is the file cut short?", line)
+    raise JcdlError(path, f"{n} columns, expected {want} ({what})", line)

@@ -41,10 +41,15 @@ Both are options (``--wheel``, ``--positive``, ``--sigma``) of ``jcdl
 prepare fi`` / ``jcdl prepare single``.
 """
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 
 from .errors import JcdlError
+from .files import read_lines
+from .lists import GroundTruth, columns_error, read_classes
+from .matfiles import MIKELS_CLASSES
 
 PRIORS = ("both", "implication", "exclusion", "onehot")
 DEFAULT_PRIOR = "both"
@@ -161,3 +166,103 @@ def sigma_arg(text):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a number in (0, {MAX_SIGMA:g}]")
     return v
+
+
+# ---------------------------------------------------------------- single label
+# The readers of single-label datasets (jcdl prepare fi / single): labels
+# made distributions by a Prior.
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+# FI's folders: the emotion, or another spelling of it
+FI_FOLDERS = {**{c: c for c in MIKELS_CLASSES}, "sad": "sadness"}
+FI_BASES = ("", "emotion_dataset", "images")
+
+
+def _is_image(path):
+    return path.suffix.lower() in IMAGE_SUFFIXES and not \
+        path.name.startswith(".")
+
+
+def _fi_folders(base):
+    """{emotion: folder} of the emotion folders directly in base."""
+    found = {}
+    if not base.is_dir():
+        return found
+    for d in sorted(base.iterdir()):
+        emotion = FI_FOLDERS.get(d.name.lower())
+        if emotion is None or not d.is_dir():
+            continue
+        if emotion in found:
+            raise JcdlError(base, f"two folders for {emotion}: "
+                            f"{found[emotion].name}/ and {d.name}/")
+        found[emotion] = d
+    return found
+
+
+def read_fi(root, prior):
+    """FI's release: one folder per emotion (see the module's docstring).
+    Names are paths relative to ROOT."""
+    root = Path(root)
+    for base in FI_BASES:
+        folders = _fi_folders(root / base if base else root)
+        if folders:
+            break
+    else:
+        raise JcdlError(root, "no FI emotion folders (" + ", ".join(
+            f"{c}/" for c in MIKELS_CLASSES) + ") here, in emotion_dataset/ "
+            "or in images/")
+    missing = [c for c in MIKELS_CLASSES if c not in folders]
+    if missing:
+        raise JcdlError(folders[next(iter(folders))].parent, "no folder for "
+                        + ", ".join(missing) + " (FI has one per emotion)")
+    names, labels = [], []
+    for y, emotion in enumerate(MIKELS_CLASSES):
+        images = sorted(p for p in folders[emotion].rglob("*")
+                        if p.is_file() and _is_image(p))
+        if not images:
+            raise JcdlError(folders[emotion], "no images (" + ", ".join(
+                IMAGE_SUFFIXES) + ") in this emotion's folder")
+        for image in images:
+            name = image.relative_to(root).as_posix()
+            if any(c.isspace() for c in name):
+                raise JcdlError(image, "a name with whitespace cannot go in "
+                                "a list file: rename the image")
+            names.append(name)
+            labels.append(y)
+    P = Prior(MIKELS_CLASSES, **prior).distributions(labels)
+    return GroundTruth(root, names, P, [None] * len(names), MIKELS_CLASSES,
+                       prior=Prior(MIKELS_CLASSES, **prior))
+
+
+def read_single(path, classes_path, prior):
+    """``path class`` lines; the class a name of the classes file or its
+    0-based index."""
+    if classes_path is None:
+        raise JcdlError(path, "give --classes FILE: the class names, one "
+                        "per line, that the list's classes name (or index "
+                        "from 0)")
+    classes = tuple(read_classes(classes_path))
+    rule = Prior(classes, **prior, where=classes_path)
+    index = {c: k for k, c in enumerate(classes)}
+    names, labels, lines = [], [], []
+    for line, tokens, newline in read_lines(path, "list file"):
+        if len(tokens) != 2:
+            columns_error(path, line, len(tokens), 2, "image and class",
+                           newline)
+        name, label = tokens
+        if label in index:
+            y = index[label]
+        elif re.fullmatch(r"\d+", label, re.ASCII) and \
+                int(label) < len(classes):
+            y = int(label)
+        else:
+            raise JcdlError(path, f"class '{label}' is not in "
+                            f"{classes_path} (" + ", ".join(classes) +
+                            f", or an index 0 to {len(classes) - 1})", line)
+        names.append(name)
+        labels.append(y)
+        lines.append(line)
+    if not names:
+        raise JcdlError(path, "the list file has no images")
+    return GroundTruth(path, names, rule.distributions(labels), lines,
+                       classes, prior=rule)

@@ -37,32 +37,10 @@ DEFAULT_SPLITS = 5
 SIZE = {"vgg16": 256, "small": 40}          # convert's --resize_*
 SETTINGS = "reproduce.json"
 RESULT = "result.json"
-# the measures summarised, in the table's order
-COLUMNS = ("kl", "chebyshev", "clark", "clark_over_sqrt_k", "canberra",
-           "canberra_over_k", "cosine", "intersection", "accuracy")
-LABELS = {"kl": "KL ↓", "chebyshev": "Chebyshev ↓",
-          "clark": "Clark ↓ (unnormalised)",
-          "clark_over_sqrt_k": "Clark/√K ↓",
-          "canberra": "Canberra ↓ (unnormalised)",
-          "canberra_over_k": "Canberra/K ↓", "cosine": "Cosine ↑",
-          "intersection": "Intersection ↑", "accuracy": "Accuracy ↑"}
-
-# Published numbers for orientation (ORIGINAL.md): StyleEDL (Jing et al.,
-# ACM MM 2023), whose code divides the sum under Clark's root by K and
-# Canberra by K -- our clark_over_sqrt_k and canberra_over_k.
-PUBLISHED = {
-    "flickr_ldl": {"kl": 0.39, "chebyshev": 0.21, "clark_over_sqrt_k": 0.76,
-                   "canberra_over_k": 0.66, "cosine": 0.88,
-                   "intersection": 0.71},
-    "twitter_ldl": {"kl": 0.42, "chebyshev": 0.22, "clark_over_sqrt_k": 0.84,
-                    "canberra_over_k": 0.77, "cosine": 0.89,
-                    "intersection": 0.73},
-    "emotion6": {"kl": 0.36, "chebyshev": 0.22, "clark_over_sqrt_k": 0.59,
-                 "canberra_over_k": 0.47, "cosine": 0.84,
-                 "intersection": 0.70},
-}
-PUBLISHED_BY = ("StyleEDL (Jing et al., 2023; Clark and Canberra divided by "
-                "K inside the sums: Clark/√K and Canberra/K)")
+# the measures summarised, in the table's order, with their forms
+COLUMNS = tuple(key for key, _ in metrics.FORMS)
+LABELS = dict(metrics.FORMS)
+PUBLISHED, PUBLISHED_BY = metrics.PUBLISHED, metrics.PUBLISHED_BY
 
 
 def say(text):

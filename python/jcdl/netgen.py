@@ -38,7 +38,7 @@ from google.protobuf import text_format
 
 from .errors import INT32_MAX, JcdlError, int_arg
 from .files import atomic_output, make_folder_for
-from .caffenet import import_caffe
+from .caffenet import caffe_pb2, import_caffe
 from .lmdbio import db_info
 
 ARCHS = ("vgg16", "small")
@@ -183,7 +183,7 @@ def train_val_net(arch, loss, lam, classes, train_db, test_db, mean, batch,
     n.accuracy = L.Accuracy(logits, n.label, top_k=1,
                             include=dict(phase=caffe.TEST))
     body = n.to_proto()
-    net = caffe.proto.caffe_pb2.NetParameter()
+    net = caffe_pb2().NetParameter()
     net.name = f"{arch}_{loss}"
     net.layer.extend([
         _data_layer(train_db, batch, crop, mean, mirror, caffe.TRAIN),
@@ -206,7 +206,7 @@ def deploy_net(arch, loss, classes, crop):
 
 def solver_param(net_path, test_iter, opts):
     """The SolverParameter of solver.prototxt."""
-    pb = import_caffe().proto.caffe_pb2
+    pb = caffe_pb2()
     s = pb.SolverParameter()
     s.net = net_path
     s.test_iter.append(test_iter)

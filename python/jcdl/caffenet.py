@@ -208,15 +208,21 @@ def check_weights(path, model, net, require_all=None):
 
 # ---------------------------------------------------------------- devices
 
+def loaded_libraries():
+    """The files this process has mapped (its shared libraries)."""
+    with open("/proc/self/maps") as f:
+        return sorted({line.split()[-1] for line in f
+                       if len(line.split()) > 5})
+
+
 def cuda_libraries():
     """The CUDA runtime and cuBLAS libraries this process loaded with
     pycaffe: none for a CPU-only Caffe."""
-    with open("/proc/self/maps") as f:
-        paths = {line.split()[-1] for line in f}
-    return sorted(p for p in paths if "/libcudart" in p or "/libcublas" in p)
+    return [p for p in loaded_libraries()
+            if "/libcudart" in p or "/libcublas" in p]
 
 
-def _gpu_count(libraries):
+def gpu_count(libraries):
     """cudaGetDeviceCount, or None when it cannot be asked."""
     for library in libraries:
         if "/libcudart" in library:
@@ -243,7 +249,7 @@ def use_device(caffe, gpu):
         raise JcdlError(where, f"--gpu {gpu}: GPU {gpu} cannot be used: this "
                         "pycaffe is a CPU-only build ('CUDA=1 make' puts the GPU "
                         "build in .venv; leave out --gpu to use the CPU)")
-    count = _gpu_count(libraries)
+    count = gpu_count(libraries)
     if count is not None and not 0 <= gpu < count:
         raise JcdlError(where, f"--gpu {gpu}: {count} GPU(s) visible")
     caffe.set_device(gpu)

@@ -45,6 +45,7 @@ from .caffenet import (caffe_pb2, check_weights, cuda_libraries, import_caffe,
 from .checks import (check_history, check_net, read_solver, read_solverstate,
                      set_learned_net, solver_nets, solver_type)
 from .metrics import MEASURES, summary
+from .multigpu import gpus_arg
 
 # ----------------------------------------------------------- devices
 
@@ -76,6 +77,7 @@ class Log:
     def __init__(self, path=None, append=False, echo=True):
         self.echo, self.path, self.append = echo, path, append
         self.file, self.pending = None, []
+        self.failed = None  # (path, why) once a write failed (a full disk)
         if path:
             target = Path(path)
             if not target.is_dir():
@@ -94,11 +96,11 @@ class Log:
             return
         try:
             self.file = open(self.path, "a" if self.append else "w")
+            self.file.writelines(self.pending)
+            self.file.flush()
         except OSError as e:
             raise JcdlError(self.path, "cannot write the log "
                             f"({e.strerror})") from None
-        self.file.writelines(self.pending)
-        self.file.flush()
         self.pending = []
 
     def line(self, level, where, message):
@@ -109,9 +111,17 @@ class Log:
             from tqdm import tqdm  # noqa: PLC0415
             tqdm.write(text, file=sys.stderr)
         if self.file:
-            self.file.write(text + "\n")
-            self.file.flush()
-        elif self.path:
+            try:
+                self.file.write(text + "\n")
+                self.file.flush()
+            except OSError as e:   # training stops at its next step
+                self.failed = (self.path, e.strerror)
+                broken, self.file = self.file, None
+                try:
+                    broken.close()
+                except OSError:
+                    pass
+        elif self.path and not self.failed:
             self.pending.append(text + "\n")
 
     def info(self, where, message):
@@ -136,13 +146,64 @@ class _Trainer:
         self.tests, self.log = tests, log  # tests: [(logits, label) | None]
         self.last_snapshot = None  # (iteration, caffemodel, solverstate)
         self.stop = False
+        self.failure = None  # (file, why): a write failed, training stops
+        self.snapshot_bytes = None  # the size of the last snapshot
+
+    # Caffe aborts the process (a CHECK) when a snapshot cannot be
+    # written: the room for the next one is held by a reserve file,
+    # released just before Caffe writes it and taken again after; when it
+    # cannot be taken again, training stops with the snapshot just written
+    def room_needed(self):
+        """Bytes the next snapshot needs: the last one's, or before any,
+        the parameters as floats, once for the caffemodel and twice for the
+        solverstate's history (Adam's two), and a little more."""
+        if self.snapshot_bytes:
+            return self.snapshot_bytes + (64 << 10)
+        n = sum(blob.data.size for blobs in self.solver.net.params.values()
+                for blob in blobs)
+        return int(4 * n * 3 * 1.05) + (64 << 10)
+
+    def reserve(self):
+        """Takes the room for the next snapshot; False on a full disk."""
+        path = os.path.join(os.path.dirname(self.tmp_prefix), "reserve")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, self.room_needed())
+            finally:
+                os.close(fd)
+        except OSError as e:
+            if os.path.exists(path):
+                os.unlink(path)
+            return e.errno not in WRITE_ERRNOS  # unsupported: no reserve
+        return True
+
+    def release(self):
+        path = os.path.join(os.path.dirname(self.tmp_prefix), "reserve")
+        if os.path.exists(path):
+            os.unlink(path)
+
+    def fail(self, path, why):
+        """A write failed: training stops (with a snapshot where there is
+        room for one)."""
+        if self.failure is None:
+            self.failure = (str(path), why)
+        self.stop = True
 
     def snapshot(self):
         """Caffe's snapshot into the temporary prefix, then renamed: the
-        caffemodel first, then the solverstate that names it."""
+        caffemodel first, then the solverstate that names it. Where there
+        is no room for it, none is written and training stops."""
         it = self.solver.iter
         tmp_model, tmp_state = snapshot_names(self.tmp_prefix, it)
         model, state_path = snapshot_names(self.prefix, it)
+        folder = os.path.dirname(self.tmp_prefix)
+        self.release()
+        st = os.statvfs(folder)
+        if st.f_bavail * st.f_frsize < self.room_needed():
+            self.fail(os.path.dirname(model) or ".",
+                      os.strerror(errno.ENOSPC))
+            return
         self.solver.snapshot()
         set_learned_net(tmp_state, model)
         for path in (tmp_model, tmp_state):
@@ -155,6 +216,11 @@ class _Trainer:
         self.log.info("sgd_solver.cpp:284", "Snapshotting solver state to "
                       f"binary proto file {state_path}")
         self.last_snapshot = (it, model, state_path)
+        self.snapshot_bytes = sum(os.path.getsize(f)
+                                  for f in (model, state_path))
+        if not self.reserve():
+            self.fail(os.path.dirname(model) or ".",
+                      os.strerror(errno.ENOSPC))
 
     # testing
     def test_all(self):
@@ -219,6 +285,9 @@ class _Trainer:
                    disable=None if progress else True, leave=False)
         try:
             while solver.iter < p.max_iter and not self.stop:
+                if self.log.failed:
+                    self.fail(*self.log.failed)
+                    break
                 it = solver.iter
                 if p.test_interval and it % p.test_interval == 0 and \
                         (it > 0 or p.test_initialization):
@@ -318,14 +387,12 @@ def remove_stale_temporaries(folder):
             pass
 
 
-def train(solver_path, weights=None, gpu=None, resume=None, log=None,
-          progress=True, echo=True, interrupt_raises=False):
-    """Trains as ``caffe train`` would; returns the path of the last
-    caffemodel written (None when nothing was snapshotted). Ctrl-C
-    snapshots and returns, or with ``interrupt_raises`` (a caller that
-    trains more than once) raises KeyboardInterrupt after the snapshot."""
+def check_run(solver_path, weights=None, resume=None):
+    """What train checks before Caffe starts: the solver, its nets, the
+    weights to fine-tune from (comma-separated) and the solverstate to
+    resume from. Returns (param, train_net, test_nets, tests, models,
+    state, learned, learned_model)."""
     pb = caffe_pb2()
-    solver_path = str(solver_path)
     param = read_solver(solver_path)
     if weights and resume:
         raise JcdlError(resume, "give a solverstate to resume or weights to "
@@ -353,6 +420,23 @@ def train(solver_path, weights=None, gpu=None, resume=None, log=None,
         state, learned = read_solverstate(resume)
         learned_model = read_caffemodel(learned, "caffemodel of the "
                                         "solverstate")
+    else:
+        learned_model = None
+    return (param, train_net, test_nets, tests, models, state, learned,
+            learned_model)
+
+
+def train(solver_path, weights=None, gpu=None, resume=None, log=None,
+          progress=True, echo=True, interrupt_raises=False):
+    """Trains as ``caffe train`` would; returns the path of the last
+    caffemodel written (None when nothing was snapshotted). Ctrl-C
+    snapshots and returns, or with ``interrupt_raises`` (a caller that
+    trains more than once) raises KeyboardInterrupt after the snapshot."""
+    pb = caffe_pb2()
+    solver_path = str(solver_path)
+    (param, train_net, test_nets, tests, models, state, learned,
+     learned_model) = check_run(solver_path, weights, resume)
+    weight_files = [w for w, _ in models]
 
     if log:
         data = [layer for net in [train_net[0], *(n for n, _ in test_nets)]
@@ -364,8 +448,8 @@ def train(solver_path, weights=None, gpu=None, resume=None, log=None,
                           resume, learned, *means)
         for layer in data:
             source = Path(layer.data_param.source)
-            if source.is_dir() and source.resolve() == \
-                    Path(log).resolve().parent:
+            if source.is_dir() and source.resolve() in \
+                    Path(log).resolve().parents:
                 raise JcdlError(log, f"is inside the LMDB {source}: write "
                                 "the log elsewhere")
     caffe = import_caffe()
@@ -470,6 +554,10 @@ def _train_loop(trainer, param, solver_path, gpu, log, progress):
 
 
 def _run(args):
+    if isinstance(args.gpu, (list, str)):  # several GPUs: Caffe's own way
+        from .multigpu import train_on_gpus  # noqa: PLC0415
+        return train_on_gpus(args.solver, args.gpu, args.weights,
+                             args.resume, args.log)
     model = train(args.solver, weights=args.weights, gpu=args.gpu,
                   resume=args.resume, log=args.log)
     if model:
@@ -490,11 +578,13 @@ def register(sub):
     p.add_argument("--weights", metavar="W",
                    help="caffemodel(s) to fine-tune from, comma-separated "
                    "(e.g. models/VGG_ILSVRC_16_layers.caffemodel)")
-    p.add_argument("--gpu", type=int, metavar="N",
+    p.add_argument("--gpu", type=gpus_arg, metavar="N|N,M,...|all",
                    help="train on GPU N (needs the GPU build in .venv: "
-                   "CUDA=1 make); default: the solver's solver_mode (on the "
-                   "CPU build a GPU solver trains on the CPU, with a "
-                   "warning)")
+                   "CUDA=1 make); several GPUs (0,1 or all) train with "
+                   "Caffe's own multi-GPU engine (NCCL) through 'caffe "
+                   "train -gpu', the batch per GPU; default: the solver's "
+                   "solver_mode (on the CPU build a GPU solver trains on the "
+                   "CPU, with a warning)")
     p.add_argument("--resume", metavar="STATE",
                    help="continue from a .solverstate snapshot")
     p.add_argument("--log", metavar="FILE",

@@ -124,15 +124,27 @@ std::vector<Entry> read_list(const string& list, const string& root) {
     Entry e;
     e.line = line_no;
     if (!(fields >> e.path)) continue;  // blank line
-    std::vector<double> values;
+    if (text.find("\xef\xbb\xbf") != string::npos) {  // jcdl says the same
+      fail(list, line_no, "a byte-order mark (U+FEFF) in the line, as where "
+           "files saved with one were joined: remove it");
+    }
+    std::vector<string> tokens;
     string token;
-    while (fields >> token) {
+    while (fields >> token) tokens.push_back(token);
+    std::vector<double> values;
+    for (size_t t = 0; t < tokens.size(); ++t) {
+      const string& token = tokens[t];
       errno = 0;
       char* end = NULL;
       const double v = strtod(token.c_str(), &end);
       if (*end != '\0' || end == token.c_str() || errno == ERANGE ||
           !std::isfinite(v)) {
-        fail(list, line_no, "'" + token + "' is not a finite number");
+        string what = "'" + token + "' is not a finite number";
+        if (t == 0 && tokens.size() > 1) {
+          what += " (the first field, '" + e.path + "', is the name: names "
+                  "cannot contain spaces)";
+        }
+        fail(list, line_no, what);
       }
       if (v < 0) fail(list, line_no, "negative value " + token);
       values.push_back(v);

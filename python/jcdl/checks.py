@@ -9,11 +9,11 @@ from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
-from .errors import JcdlError
+from .errors import INT32_MAX, JcdlError
 from .caffenet import (blob_count, blob_shape, caffe_pb2, check_layer_graph,
                        fmt_shape, net_layers, read_mean, read_text_proto,
                        shape_fits)
-from .lmdbio import db_info, smallest_raw_image
+from .lmdbio import db_info, scan_records
 from .netgen import LR_POLICIES
 
 # loss layers whose bottoms are (logits, distribution label)
@@ -205,11 +205,7 @@ def _check_transform(layer, info, source, net_file):
         raise JcdlError(net_file, f"layer '{layer.name}': crop_size {crop} "
                         f"is larger than the {info['height']}x"
                         f"{info['width']} images of {source}")
-    smallest = smallest_raw_image(source) if crop else None
-    if smallest and crop > min(smallest[1:]):
-        key, h, w = smallest
-        raise JcdlError(net_file, f"layer '{layer.name}': crop_size {crop} "
-                        f"is larger than record {key} ({h}x{w}) of {source}")
+    mean_shape = None
     if tp.mean_file:
         mean = Path(tp.mean_file)
         if not mean.is_file():
@@ -224,6 +220,66 @@ def _check_transform(layer, info, source, net_file):
             raise JcdlError(mean, f"mean of shape {'x'.join(map(str, shape))}"
                             f", but the images of {source} are "
                             f"{'x'.join(map(str, want))}")
+        mean_shape = shape
+    _check_batch(layer, info, net_file)
+    _check_records(layer, info, source, net_file, mean_shape)
+
+
+def _check_batch(layer, info, net_file):
+    """Caffe counts a blob's values in an int: a batch of N x C x H x W
+    beyond 2^31 - 1 aborts it (blob size exceeds INT_MAX)."""
+    crop = layer.transform_param.crop_size
+    h, w = (crop, crop) if crop else (info["height"], info["width"])
+    batch = layer.data_param.batch_size
+    count = batch * info["channels"] * h * w
+    if count > INT32_MAX or batch * max(info["k"], 1) > INT32_MAX:
+        raise JcdlError(net_file, f"layer '{layer.name}': batch_size {batch} "
+                        f"of {info['channels']}x{h}x{w} images is {count} "
+                        f"values, more than Caffe's blobs can count "
+                        f"({INT32_MAX}): lower batch_size")
+
+
+_SCANNED = {}
+
+
+def _check_records(layer, info, source, net_file, mean_shape):
+    """Every record against what Caffe's Data layer CHECKs mid-run: the
+    first record's K, the mean's size, at least the crop (one pass over the
+    records' headers)."""
+    tp = layer.transform_param
+    fixed = tp.force_color or tp.force_gray   # channels set by the layer
+    crop = tp.crop_size
+    data = Path(source) / "data.mdb"
+    id_ = (str(data.resolve()), data.stat().st_mtime_ns, mean_shape, crop,
+           fixed)
+    if id_ in _SCANNED:
+        return
+    first = None
+    for key, (c, h, w), k in scan_records(source):
+        shape = (h, w) if fixed else (c, h, w)
+        first = first or shape
+        if k != info["k"]:
+            raise JcdlError(source, f"record {key} has {k} label values, but "
+                            f"the first record has {info['k']} (Caffe would "
+                            "abort mid-run): one K in an LMDB")
+        if crop and crop > min(h, w):
+            raise JcdlError(net_file, f"layer '{layer.name}': crop_size "
+                            f"{crop} is larger than record {key} ({h}x{w}) "
+                            f"of {source}")
+        want = mean_shape if mean_shape is not None else \
+            (first[:1] + shape[1:] if crop and not fixed else
+             None if crop else first)
+        if want is not None and shape != want:
+            what = (f"the mean {tp.mean_file}" if mean_shape is not None
+                    else "the first record")
+            raise JcdlError(source, f"record {key} is "
+                            f"{'x'.join(map(str, shape))} "
+                            f"({'HxW' if fixed else 'CxHxW'}), but {what} is "
+                            f"{'x'.join(map(str, want))} (layer "
+                            f"'{layer.name}' in {net_file}; Caffe would abort "
+                            "mid-run): convert with --resize_height and "
+                            "--resize_width")
+    _SCANNED[id_] = True
 
 
 # ----------------------------------------------------- weights and state

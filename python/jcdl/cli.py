@@ -41,6 +41,9 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):  # names that are not UTF-8: as
+        if hasattr(stream, "reconfigure"):   # their bytes, never a crash
+            stream.reconfigure(errors="surrogateescape")
     try:
         result = args.func(args)
     except JcdlError as e:

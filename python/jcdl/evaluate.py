@@ -20,6 +20,9 @@ from .lists import read_distributions, write_distributions
 from .predict import (db_samples, list_samples, model_from_args, net_args)
 
 N_EXAMPLES = 6  # images shown in distributions.png
+OUT_FILES = ("predictions.txt", "metrics.json", "metrics.csv", "metrics.md",
+             "per_class.csv", "per_class.md", "confusion.csv",
+             "confusion.png", "distributions.png")   # what --out holds
 
 
 @dataclass
@@ -204,7 +207,19 @@ def write_evaluation(ev, out_dir):
 
 # -------------------------------------------------------------------- CLI
 
+def _check_outputs(args):
+    """No output on, or inside, what the run reads."""
+    from .files import check_output_dir  # noqa: PLC0415
+    inputs = (args.db, args.list, args.root, args.model, args.weights,
+              args.mean, args.classes)
+    if args.predictions is not None:
+        check_output_file(args.predictions, *inputs)
+    if args.out is not None:
+        check_output_dir(args.out, OUT_FILES, *inputs)
+
+
 def cmd_evaluate(args):
+    _check_outputs(args)
     if args.db is None and (args.list is None or args.root is None):
         raise JcdlError("evaluate", "give --db DB, or --list LIST and "
                         "--root ROOT")

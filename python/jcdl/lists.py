@@ -75,6 +75,11 @@ def to_distribution(values, path, line):
     return [v / total for v in values]
 
 
+BOM = b"\xef\xbb\xbf"   # U+FEFF in UTF-8: dropped at the file's start only
+BOM_IN_LINE = ("a byte-order mark (U+FEFF) in the line, as where files saved "
+               "with one were joined: remove it")   # convert_imageset_r too
+
+
 def read_distributions(path, what="list file", root=None):
     """Reads ``name p_1 ... p_K`` lines (blank lines skipped) as
     convert_imageset_r does, with its messages. Returns (names, P, line
@@ -93,9 +98,15 @@ def read_distributions(path, what="list file", root=None):
         tokens = text.split()            # C isspace, as the C++ tool splits
         if not tokens:
             continue
+        if BOM in text:
+            raise JcdlError(path, BOM_IN_LINE, line_no)
         name = os.fsdecode(tokens[0])
-        values = parse_values([t.decode("utf-8", "surrogateescape")
-                               for t in tokens[1:]], path, line_no)
+        fields = [t.decode("utf-8", "surrogateescape") for t in tokens[1:]]
+        if len(fields) > 1 and parse_number(fields[0]) is None:
+            raise JcdlError(path, f"'{fields[0]}' is not a finite number "
+                            f"(the first field, '{name}', is the name: "
+                            "names cannot contain spaces)", line_no)
+        values = parse_values(fields, path, line_no)
         if not values:
             raise JcdlError(path, "no distribution after the path (expected "
                             "'path p_1 ... p_K')", line_no)

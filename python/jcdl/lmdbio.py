@@ -61,12 +61,30 @@ def _extension(path):
         .lower().decode("utf-8", "surrogateescape")
 
 
+def imread(path, flag):
+    """cv2.imread of any file name: a name that is not UTF-8 (kept as
+    surrogates) is read here and decoded from memory, as OpenCV cannot
+    take it (it crashes); the same decoder, the same pixels."""
+    try:
+        os.fsencode(path).decode("utf-8")
+        return cv2.imread(path, flag)
+    except UnicodeDecodeError:
+        pass
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return cv2.imdecode(np.frombuffer(data, np.uint8), flag) \
+        if data else None
+
+
 def _decodes_natively_to(path, img):
     """Whether the file decodes as Caffe decodes an encoded Datum (natively,
     IMREAD_UNCHANGED) to exactly img: not a grey, 16-bit, alpha or
     EXIF-rotated file read as colour, whose own bytes would give the net
     other channels or pixels than the rest (it is re-encoded instead)."""
-    native = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    native = imread(path, cv2.IMREAD_UNCHANGED)
     return (native is not None and native.shape == img.shape
             and native.dtype == img.dtype and np.array_equal(native, img))
 
@@ -76,8 +94,8 @@ def make_datum(entry, list_path, full_path, gray=False, resize_height=0,
     """The Datum of one entry, as convert_imageset_r builds it; encode_type
     '' means raw pixels."""
     pb2 = caffe_pb2()
-    img = cv2.imread(full_path, cv2.IMREAD_GRAYSCALE if gray
-                     else cv2.IMREAD_COLOR)
+    img = imread(full_path, cv2.IMREAD_GRAYSCALE if gray
+                 else cv2.IMREAD_COLOR)
     if img is None:
         raise JcdlError(list_path, "cannot decode image " + full_path,
                         entry.line)
@@ -180,6 +198,8 @@ def convert(root, list_path, db_path, resize_height=0, resize_width=0,
     if encode_type and not cv2.haveImageWriter("." + encode_type):
         raise JcdlError(encode_type, "unknown --encode_type (OpenCV cannot "
                         "write it; use jpg or png)")
+    from .files import check_not_inside  # noqa: PLC0415
+    check_not_inside(db_path, (root,))
     entries = read_list(list_path, root)
     make_folder_for(db_path)
     if shuffle:
@@ -230,22 +250,45 @@ def _counted(items, bar):
 # ---------------------------------------------------------------- reading
 
 def _open(db_path):
+    """The LMDB opened read-only, after checking that its data.mdb holds
+    every page its header says it has: a file cut short would be mapped,
+    and reading past its end kills the process (SIGBUS), here and in
+    Caffe."""
     db_path = os.fspath(db_path)
     if not os.path.exists(db_path):
         raise JcdlError(db_path, "no such LMDB")
+    subdir = os.path.isdir(db_path)
     try:
-        return lmdb.open(db_path, readonly=True, lock=False,
-                         subdir=os.path.isdir(db_path))
+        env = lmdb.open(os.fsencode(db_path), readonly=True, lock=False,
+                        subdir=subdir)
     except lmdb.Error as e:
         raise JcdlError(db_path, f"not an LMDB ({e})") from None
+    data = os.path.join(db_path, "data.mdb") if subdir else db_path
+    need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    have = os.path.getsize(data)
+    if have < need:
+        env.close()
+        raise JcdlError(db_path, f"damaged LMDB: data.mdb has {have} bytes, "
+                        f"but its header says {need} (cut short?): make the "
+                        "LMDB again")
+    return env
+
+
+def _cursor(env, db_path, buffers=False):
+    """(key, value) of every record, a damaged page one clear line."""
+    try:
+        with env.begin(buffers=buffers) as txn:
+            yield from txn.cursor()
+    except lmdb.Error as e:
+        raise JcdlError(db_path, f"damaged LMDB ({e}): make the LMDB "
+                        "again") from None
 
 
 def records(db_path):
     """Yields (key, value) as bytes, in key order: the records as stored."""
     env = _open(db_path)
     try:
-        with env.begin(buffers=False) as txn:
-            yield from txn.cursor()
+        yield from _cursor(env, db_path)
     finally:
         env.close()
 
@@ -317,6 +360,134 @@ def _raw_size(value):
     return (dims[2], dims[3]) if len(dims) == 3 else None
 
 
+def _varint(buf, i, end):
+    v = shift = 0
+    while i < end:
+        b = buf[i]
+        v |= (b & 0x7F) << shift
+        i += 1
+        if b < 0x80:
+            return v, i
+        shift += 7
+        if shift > 63:
+            break
+    raise ValueError("bad varint")
+
+
+def datum_layout(value):
+    """(channels, height, width, data offset, data length, K, encoded) of a
+    serialised Datum, read from its field headers only (the pixels are
+    skipped, not read): a record whose fields do not add up to its length,
+    or whose raw data is not channels x height x width bytes, raises
+    ValueError."""
+    end, i = len(value), 0
+    dims, data, k, encoded = [0, 0, 0], (0, 0), 0, False
+    while i < end:
+        tag, i = _varint(value, i, end)
+        field, wire = tag >> 3, tag & 7
+        if wire == 0:
+            v, i = _varint(value, i, end)
+            if 1 <= field <= 3:
+                dims[field - 1] = v
+            elif field == 7:
+                encoded = bool(v)
+        elif wire == 2:
+            n, i = _varint(value, i, end)
+            if i + n > end:
+                raise ValueError("field past the end")
+            if field == 4:
+                data = (i, n)
+            elif field == 6:
+                if n % 4:
+                    raise ValueError("packed floats")
+                k += n // 4
+            i += n
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+            if field == 6 and wire == 5:
+                k += 1
+        else:
+            raise ValueError("unknown wire type")
+        if i > end:
+            raise ValueError("field past the end")
+    c, h, w = dims
+    if not encoded and (data[1] != c * h * w or not data[1]):
+        raise ValueError(f"{data[1]} bytes of image data for {c}x{h}x{w}")
+    return c, h, w, data[0], data[1], k, encoded
+
+
+def encoded_size(head):
+    """(channels, height, width) of an encoded image from the first bytes of
+    its file (PNG, JPEG, BMP), as Caffe's Data layer decodes it (natively,
+    no EXIF rotation); None when the header does not say for sure."""
+    import struct  # noqa: PLC0415
+    head = bytes(head)
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        w, h, depth, kind = struct.unpack(">IIBB", head[16:26])
+        channels = {0: 1, 2: 3, 3: 3, 6: 4}.get(kind)
+        return (channels, h, w) if channels and depth <= 8 else None
+    if head[:2] == b"BM" and len(head) >= 30:
+        w, h = struct.unpack("<ii", head[18:26])
+        bits = struct.unpack("<H", head[28:30])[0]
+        return (3, abs(h), w) if bits == 24 else None
+    if head[:2] == b"\xff\xd8":
+        i = 2
+        while i + 9 < len(head):
+            if head[i] != 0xFF:
+                return None
+            marker = head[i + 1]
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                i += 2
+                continue
+            length = struct.unpack(">H", head[i + 2:i + 4])[0]
+            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9,
+                          0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+                h, w = struct.unpack(">HH", head[i + 5:i + 9])
+                comps = head[i + 9] if i + 9 < len(head) else 0
+                return (comps, h, w) if comps in (1, 3) else None
+            i += 2 + length
+    return None
+
+
+def scan_records(db_path):
+    """Yields (key, (channels, height, width), K) of every record of the
+    LMDB in one pass over the records' field headers (raw records) or their
+    image headers (encoded ones; decoded only when the header does not say):
+    what Caffe's Data layer will see, without reading the pixels. A damaged
+    record is one clear line naming it."""
+    import cv2  # noqa: PLC0415
+    env = _open(db_path)
+    try:
+        for key, value in _cursor(env, db_path, buffers=True):
+            name = bytes(key).decode("utf-8", "surrogateescape")
+            try:
+                c, h, w, off, n, k, encoded = datum_layout(value)
+            except (ValueError, IndexError) as e:
+                raise JcdlError(db_path, f"record {name} is damaged (not a "
+                                f"Caffe Datum: {e}): make the LMDB "
+                                "again") from None
+            if encoded:
+                size = encoded_size(value[off:off + min(n, 1 << 16)])
+                if size is None:
+                    img = datum_image(_parse_datum(db_path, name, value),
+                                      f"{db_path}: record {name}")
+                    size = (img.shape[2], *img.shape[:2])
+                c, h, w = size
+            yield name, (c, h, w), k
+    finally:
+        env.close()
+
+
+def _parse_datum(db_path, name, value):
+    datum = caffe_pb2().Datum()
+    try:
+        datum.ParseFromString(bytes(value))
+    except Exception:  # noqa: BLE001  (protobuf's DecodeError)
+        raise JcdlError(db_path, f"record {name} is not a Caffe "
+                        "Datum") from None
+    return datum
+
+
 def smallest_raw_image(db_path):
     """(key, height, width) of the raw image with the fewest rows or columns
     in the LMDB (one pass over the records' first bytes), or None when no
@@ -324,12 +495,11 @@ def smallest_raw_image(db_path):
     env = _open(db_path)
     best = None
     try:
-        with env.begin(buffers=True) as txn:
-            for key, value in txn.cursor():
-                size = _raw_size(bytes(value[:24]))
-                if size and (best is None or min(size) < min(best[1:])):
-                    best = (bytes(key).decode("utf-8", "surrogateescape"),
-                            *size)
+        for key, value in _cursor(env, db_path, buffers=True):
+            size = _raw_size(bytes(value[:24]))
+            if size and (best is None or min(size) < min(best[1:])):
+                best = (bytes(key).decode("utf-8", "surrogateescape"),
+                        *size)
     finally:
         env.close()
     return best

@@ -181,6 +181,10 @@ def csv_text(rows, columns):
     return buf.getvalue()
 
 
+REPORT_FILES = ("metrics.json", "metrics.csv", "metrics.md", "per_class.csv",
+                "per_class.md", "confusion.csv")   # what write_reports writes
+
+
 def write_reports(out_dir, P, Q, class_names):
     """metrics.json/.csv/.md, per_class.csv/.md and confusion.csv in out_dir;
     returns the summary."""
@@ -235,6 +239,10 @@ def match_by_name(gt_path, pred_path):
 
 
 def cmd_score(args):
+    if args.out:
+        from .files import check_output_dir  # noqa: PLC0415
+        check_output_dir(args.out, REPORT_FILES, args.gt, args.pred,
+                         args.classes)
     _, P, Q = match_by_name(args.gt, args.pred)
     names = (read_classes(args.classes, P.shape[1]) if args.classes
              else default_classes(P.shape[1]))

@@ -360,6 +360,10 @@ def write_nets(out_dir, arch, loss, lam, classes, train_db, test_db,
 
 def _run(args):
     options = {name: getattr(args, name) for name in SOLVER_DEFAULTS}
+    from .files import check_output_dir  # noqa: PLC0415
+    check_output_dir(args.out, ("train_val.prototxt", "deploy.prototxt",
+                                "solver.prototxt"),
+                     args.train_db, args.test_db, args.mean)
     paths = write_nets(
         args.out, args.arch, args.loss, args.lam, args.classes,
         args.train_db, args.test_db, mean=args.mean, batch=args.batch,

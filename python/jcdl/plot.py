@@ -286,7 +286,8 @@ def distributions_figure(names, P, Q, class_names, n=6, images=None):
         ax.bar(x + 0.2, Q[i], width=0.4, label="predicted")
         ax.set_xticks(x, class_names, rotation=30, ha="right", fontsize=8)
         ax.set_ylim(0, 1)
-        name = str(names[i])
+        name = str(names[i]).encode("utf-8", "surrogateescape").decode(
+            "utf-8", "replace")          # a name that is not UTF-8: shown
         ax.set_title(name if len(name) <= 50 else "..." + name[-47:],
                      fontsize=9)
         if i == 0:
@@ -317,6 +318,9 @@ def histogram_figure(values, label="KL(p || q) per image", bins=30):
 def cmd_plot(args):
     parse_log(args.log)  # a bad log fails before anything is written
     out = Path(args.out)
+    from .files import check_output_dir  # noqa: PLC0415
+    check_output_dir(out, ("loss.png", "test.png", "lr.png", "series.csv"),
+                     args.log)
     with output_folder(out) as tmp:
         pngs = [out / p.name for p in plot_log(args.log, tmp)]
     for p in pngs + [out / "series.csv"]:

@@ -96,6 +96,17 @@ class Preprocessor:
         if self.mean is not None and self.mean.shape[0] != self.shape[0]:
             raise ValueError(f"the mean has {self.mean.shape[0]} channels, "
                              f"the net input {self.shape[0]}")
+        if self.mean is not None and (self.mean.shape[1] < self.shape[1] or
+                                      self.mean.shape[2] < self.shape[2]):
+            raise ValueError(f"the mean is {self.mean.shape[1]}x"
+                             f"{self.mean.shape[2]} (HxW), smaller than the "
+                             f"net input {self.shape[1]}x{self.shape[2]}: "
+                             "give the mean the net was trained with")
+        if self.size is not None and (self.size[0] < self.shape[1] or
+                                      self.size[1] < self.shape[2]):
+            raise ValueError(f"--resize {self.size[0]} {self.size[1]} is "
+                             f"smaller than the net input {self.shape[1]}x"
+                             f"{self.shape[2]} (HxW)")
         if self.mean is not None and self.size is not None and \
                 self.mean.shape[1:] != self.size:
             raise ValueError(f"the mean is {self.mean.shape[1]}x"
@@ -272,7 +283,9 @@ def load_model(model, weights, mean=None, resize=None, classes=None,
     try:
         prep = Preprocessor(input_shape(net), mean_arr, resize)
     except ValueError as e:
-        raise JcdlError(mean if mean is not None else model, str(e)) \
+        where = model if mean is None or str(e).startswith("--resize") \
+            else mean
+        raise JcdlError(where, str(e)) \
             from None
     return Model(net, names, prep, model, weights)
 
@@ -312,6 +325,7 @@ def sample_images(names, db=None, root=None):
     """The images of these names as stored (an LMDB's records, or the files
     under ``root``), for showing beside their distributions."""
     import cv2  # noqa: PLC0415
+    from .lmdbio import imread  # noqa: PLC0415
     if db is not None:
         wanted, found = set(names), {}
         for name, img, _ in db_samples(db):
@@ -319,7 +333,7 @@ def sample_images(names, db=None, root=None):
                 found[name] = img
         return [found[n] for n in names]
     with quiet_opencv():
-        return [cv2.imread(image_path(root, n), cv2.IMREAD_COLOR)
+        return [imread(image_path(root, n), cv2.IMREAD_COLOR)
                 for n in names]
 
 

@@ -5,6 +5,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT
 
 BUILD = ROOT / "caffe_KL" / "build.sh"
@@ -42,6 +44,28 @@ def test_bad_settings_fail_clearly_and_touch_nothing(tmp_path):
     assert not (tmp_path / "b").exists()
     proc = build("gpu")
     assert proc.returncode == 2 and "flavour must be cpu or cuda" in proc.stderr
+    proc = build("cuda", env={"BUILD_DIR": str(tmp_path / "b"),
+                              "USE_NCCL": "yes"})
+    assert proc.returncode == 2, proc.stderr
+    assert "USE_NCCL must be auto, 0 or 1, not 'yes'" in proc.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_nccl_required_but_missing_fails_before_configuring(tmp_path):
+    """USE_NCCL=1 with no NCCL in CUDA_HOME (nor /usr) stops with a
+    message instead of configuring a build without multi-GPU training."""
+    if Path("/usr/include/nccl.h").exists():  # build.sh would find it
+        pytest.skip("this machine has NCCL under /usr as well")
+    nocuda = tmp_path / "nocuda"
+    (nocuda / "include").mkdir(parents=True)
+    (nocuda / "include" / "nccl.h").write_text("")  # a header, no library
+    proc = build("cuda", env={"BUILD_DIR": str(tmp_path / "b"),
+                              "USE_NCCL": "1", "CUDA_HOME": str(nocuda),
+                              "CONFIGURE_ONLY": "1"})
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "USE_NCCL=1 but there is no nccl.h with libnccl.so in" \
+        in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "b" / "build").exists()
 
 
 def test_rebuild_with_nothing_changed_does_nothing():
@@ -66,20 +90,48 @@ def changed_sources():
                                if f.endswith((".cpp", ".cu"))})
 
 
-def test_cuda_build_with_cudnn_9_configures_and_compiles_our_changes(
+def nccl_sources(src):
+    """The sources that change when Caffe is built with NCCL (its multi-GPU
+    training): those that test USE_NCCL, relative to the source root."""
+    return sorted(p.relative_to(src).as_posix()
+                  for p in src.rglob("*") if p.suffix in (".cpp", ".cu")
+                  and "USE_NCCL" in p.read_text(errors="replace"))
+
+
+def symbols(path, *nm_args):
+    proc = subprocess.run(["nm", *nm_args, str(path)], capture_output=True,
+                          text=True, check=True)
+    return {line.split()[-1] for line in proc.stdout.splitlines()
+            if line.strip()}
+
+
+def nccl_calls(obj):
+    """The symbols an object needs whose function name starts with nccl,
+    C or C++ (a declaration NCCL's header does not make is mangled)."""
+    raw = sorted(symbols(obj, "-u"))
+    names = subprocess.run(["c++filt"], input="\n".join(raw), text=True,
+                           capture_output=True, check=True).stdout.split("\n")
+    return {r for r, n in zip(raw, names)
+            if n.split("(")[0].split("::")[-1].startswith("nccl")}
+
+
+def test_cuda_build_with_cudnn_9_and_nccl_configures_and_compiles_our_changes(
         tmp_path):
     """The CUDA flavour with USE_CUDNN=1 finds this machine's cuDNN 9 (its
-    version macros moved to cudnn_version.h in cuDNN 8: patch 0007), and
-    every source we write or patch compiles there for sm_90 with the real
-    build's rules (CUDA kernels, cuDNN layers, GPU tests). CI never builds
-    the whole CUDA flavour (about 20 minutes); the GPU issue does."""
+    version macros moved to cudnn_version.h in cuDNN 8: patch 0007) and its
+    NCCL (in the CUDA toolkit, where upstream's FindNCCL does not look), and
+    every source we write or patch, and every one NCCL changes (multi-GPU
+    training: parallel.cpp, the caffe tool, pycaffe, the solver tests),
+    compiles there for sm_90 with the real build's rules (CUDA kernels,
+    cuDNN layers, GPU tests); libnccl defines every NCCL function they call.
+    CI never builds the whole CUDA flavour (about 20 minutes); the GPU issue
+    does."""
     cuda = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
     assert (cuda / "bin" / "nvcc").is_file(), \
         f"the CUDA toolkit is part of the set-up: no {cuda}/bin/nvcc"
     out = tmp_path / "b"
     proc = build("cuda", env={"BUILD_DIR": str(out), "USE_CUDNN": "1",
-                              "CONFIGURE_ONLY": "1",
-                              "CAFFE_CMAKE_ARGS": "-DBUILD_python=OFF"})
+                              "USE_NCCL": "1", "CONFIGURE_ONLY": "1"})
     log = (out / "cmake.log").read_text() if (out / "cmake.log").exists() \
         else ""
     assert proc.returncode == 0, proc.stderr[-2000:] + log[-2000:]
@@ -89,14 +141,21 @@ def test_cuda_build_with_cudnn_9_configures_and_compiles_our_changes(
                if line.startswith("--   ") and ":" in line}
     assert summary["cuDNN"].startswith("Yes (ver. 9."), summary.get("cuDNN")
     assert summary["CPU_ONLY"] == "OFF"
+    assert summary["USE_NCCL"] == "ON"
     bld = out / "build"
     cache = (bld / "CMakeCache.txt").read_text()
     assert "CUDA_ARCH_BIN:STRING=90" in cache
     assert "-static-global-template-stub=false" in cache
     assert not list(bld.rglob("libcaffe.so*"))  # configured, not built
+    libnccl = Path(re.search(r"^NCCL_LIBRARIES:FILEPATH=(.+)$", cache,
+                             re.M).group(1))
+    assert libnccl.exists(), libnccl
 
     # each changed source's object, by the rule CMake wrote for it
-    sources = {str(out / "src" / f): f for f in changed_sources()}
+    nccl = nccl_sources(out / "src")
+    assert {"src/caffe/parallel.cpp", "tools/caffe.cpp",
+            "python/caffe/_caffe.cpp"} <= set(nccl), nccl
+    sources = {str(out / "src" / f): f for f in changed_sources() + nccl}
     objects = {}
     for mk in bld.rglob("build.make"):
         for line in mk.read_text().splitlines():
@@ -120,3 +179,11 @@ def test_cuda_build_with_cudnn_9_configures_and_compiles_our_changes(
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for f, (mk, obj) in objects.items():
         assert (bld / obj).is_file(), f
+
+    # compiled with NCCL on, and linkable against this NCCL
+    called = set()
+    for f in nccl:
+        called |= nccl_calls(bld / objects[f][1])
+    assert {"ncclCommInitAll", "ncclBcast", "ncclAllReduce"} <= called, called
+    missing = called - symbols(libnccl, "-D", "--defined-only")
+    assert not missing, f"{libnccl} does not define {sorted(missing)}"

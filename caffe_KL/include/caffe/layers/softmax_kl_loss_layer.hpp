@@ -63,7 +63,8 @@ class SoftmaxWithKLLossLayer : public LossLayer<Dtype> {
 
   /// The normaliser of the summed loss for the configured mode.
   Dtype get_normalizer();
-  /// Sums the per-position losses in loss_ and writes the normalised loss.
+  /// Sums the per-position losses in loss_ on the host and writes the
+  /// normalised loss (Forward_cpu; Forward_gpu sums on the device).
   void set_loss(const vector<Blob<Dtype>*>& top);
 
   /// When true the target is the one-hot dominant emotion argmax_k p_k.

@@ -34,6 +34,26 @@ __global__ void SoftmaxKLLossBackwardGPU(const int nthreads,
   }
 }
 
+// Sums the count per-position losses and writes sum / normalizer to out[0],
+// on the device: one block, each thread summing a strided share, then a tree
+// in shared memory, so the order (and the result) is the same on every run.
+// A signed sum, not caffe_gpu_asum's sum of |x|: KL(p || q) of a label that
+// sums to less than 1 can be negative.
+template <typename Dtype>
+__global__ void SoftmaxKLLossSumGPU(const int count, const Dtype* loss,
+    const Dtype normalizer, Dtype* out) {
+  __shared__ Dtype partial[CAFFE_CUDA_NUM_THREADS];
+  Dtype sum = 0;
+  for (int i = threadIdx.x; i < count; i += blockDim.x) sum += loss[i];
+  partial[threadIdx.x] = sum;
+  __syncthreads();
+  for (int half = blockDim.x / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[0] = partial[0] / normalizer;
+}
+
 template <typename Dtype>
 void SoftmaxWithKLLossLayer<Dtype>::Forward_gpu(
     const vector<Blob<Dtype>*>& bottom, const vector<Blob<Dtype>*>& top) {
@@ -44,7 +64,15 @@ void SoftmaxWithKLLossLayer<Dtype>::Forward_gpu(
       bottom[1]->gpu_data(), channels_, inner_num_, dominant_,
       prob_.mutable_gpu_data(), loss_.mutable_gpu_data());
   CUDA_POST_KERNEL_CHECK;
-  set_loss(top);
+  // The loss stays on the device: no per-position loss is copied to the host
+  // (CAFFE_CUDA_NUM_THREADS is a power of two, as the tree needs).
+  // NOLINT_NEXT_LINE(whitespace/operators)
+  SoftmaxKLLossSumGPU<Dtype><<<1, CAFFE_CUDA_NUM_THREADS>>>(nthreads,
+      loss_.gpu_data(), get_normalizer(), top[0]->mutable_gpu_data());
+  CUDA_POST_KERNEL_CHECK;
+  if (top.size() == 2) {
+    top[1]->ShareData(prob_);
+  }
 }
 
 template <typename Dtype>

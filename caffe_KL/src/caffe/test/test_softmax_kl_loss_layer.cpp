@@ -56,6 +56,15 @@ static void ReferenceKL(const vector<double>& z, const vector<double>& p,
   }
 }
 
+// The layer with its per-position losses in view.
+template <typename Dtype>
+class PerPositionLoss : public SoftmaxWithKLLossLayer<Dtype> {
+ public:
+  PerPositionLoss(const LayerParameter& param, bool dominant)
+      : SoftmaxWithKLLossLayer<Dtype>(param) { this->dominant_ = dominant; }
+  const Blob<Dtype>& per_position() const { return this->loss_; }
+};
+
 template <typename TypeParam>
 class SoftmaxKLLossTestBase : public MultiDeviceTest<TypeParam> {
   typedef typename TypeParam::Dtype Dtype;
@@ -141,6 +150,27 @@ class SoftmaxKLLossTestBase : public MultiDeviceTest<TypeParam> {
       EXPECT_NEAR(z.cpu_diff()[i], g, tolerance * std::max(1.0, std::fabs(g)))
           << "at " << i;
     }
+  }
+
+  // After Forward the per-position losses and the loss itself are where the
+  // mode computed them: on the device in GPU mode, nothing copied to the host.
+  void CheckLossStaysWhereComputed(const std::string& type) {
+    LayerParameter param;
+    param.set_type(type);
+    PerPositionLoss<Dtype> layer(param, type != "SoftmaxWithKLLoss");
+    layer.SetUp(blob_bottom_vec_, blob_top_vec_);
+    blob_bottom_data_->mutable_cpu_data();  // fresh inputs, on the host
+    const Dtype loss = layer.Forward(blob_bottom_vec_, blob_top_vec_);
+    const SyncedMemory::SyncedHead where = Caffe::mode() == Caffe::GPU ?
+        SyncedMemory::HEAD_AT_GPU : SyncedMemory::HEAD_AT_CPU;
+    EXPECT_EQ(where, layer.per_position().data()->head());
+    EXPECT_EQ(where, blob_top_loss_->data()->head());
+    // ...and add up to the loss reported
+    double sum = 0;
+    const Dtype* l = layer.per_position().cpu_data();
+    for (int i = 0; i < layer.per_position().count(); ++i) sum += l[i];
+    EXPECT_NEAR(loss, sum / layer.per_position().count(),
+                1e-5 * std::max(1.0, std::fabs(sum)));
   }
 
   // Logits and labels of two samples over K = 3, worked out by hand in the
@@ -328,6 +358,46 @@ TYPED_TEST(SoftmaxWithKLLossLayerTest, TestSoftmaxAxis) {
   EXPECT_NEAR(this->blob_top_loss_->cpu_data()[0], expected, 1e-5);
 }
 
+TYPED_TEST(SoftmaxWithKLLossLayerTest, TestNegativeLossesAreSummedSigned) {
+  typedef typename TypeParam::Dtype Dtype;
+  // Labels summing to 0.5 and predicted exactly: each position's loss is
+  // sum 0.5 p (log 0.5 p - log p) = 0.5 log 0.5 < 0, and so is the mean.
+  this->FillDistribution(this->blob_bottom_label_, 11);
+  Dtype* z = this->blob_bottom_data_->mutable_cpu_data();
+  Dtype* p = this->blob_bottom_label_->mutable_cpu_data();
+  for (int i = 0; i < this->blob_bottom_label_->count(); ++i) {
+    z[i] = p[i] > 0 ? std::log(p[i]) : -200;
+    p[i] *= 0.5;
+  }
+  shared_ptr<Layer<Dtype> > layer = this->MakeLayer(LayerParameter());
+  layer->SetUp(this->blob_bottom_vec_, this->blob_top_vec_);
+  layer->Forward(this->blob_bottom_vec_, this->blob_top_vec_);
+  EXPECT_NEAR(this->blob_top_loss_->cpu_data()[0], 0.5 * std::log(0.5), 1e-5);
+  this->CheckAgainstReference(LayerParameter(), 10 * 2 * 3, 1, 1e-4);
+}
+
+TYPED_TEST(SoftmaxWithKLLossLayerTest, TestManyPositions) {
+  // More positions (3 x 37 x 29 = 3219) than one block of threads, and not
+  // a multiple of it: every one is summed once.
+  typedef typename TypeParam::Dtype Dtype;
+  this->blob_bottom_data_->Reshape(3, 4, 37, 29);
+  this->blob_bottom_label_->Reshape(3, 4, 37, 29);
+  FillerParameter filler_param;
+  filler_param.set_std(2);
+  GaussianFiller<Dtype> filler(filler_param);
+  filler.Fill(this->blob_bottom_data_);
+  this->FillDistribution(this->blob_bottom_label_, 13);
+  this->CheckAgainstReference(LayerParameter(), 3 * 37 * 29, 1, 1e-4);
+  LayerParameter none;
+  none.mutable_loss_param()->set_normalization(
+      LossParameter_NormalizationMode_NONE);
+  this->CheckAgainstReference(none, 1, 1, 1e-4);
+}
+
+TYPED_TEST(SoftmaxWithKLLossLayerTest, TestLossStaysWhereComputed) {
+  this->CheckLossStaysWhereComputed("SoftmaxWithKLLoss");
+}
+
 TYPED_TEST(SoftmaxWithKLLossLayerTest, TestGradient) {
   typedef typename TypeParam::Dtype Dtype;
   LayerParameter layer_param;
@@ -421,6 +491,22 @@ TYPED_TEST(SoftmaxWithDominantLossLayerTest, TestMatchesReference) {
 TYPED_TEST(SoftmaxWithDominantLossLayerTest, TestExtremeLogits) {
   this->SetExtremeLogits();
   this->CheckAgainstReference(LayerParameter(), 60, 1, 1e-4);
+}
+
+TYPED_TEST(SoftmaxWithDominantLossLayerTest, TestManyPositions) {
+  typedef typename TypeParam::Dtype Dtype;
+  this->blob_bottom_data_->Reshape(3, 4, 37, 29);
+  this->blob_bottom_label_->Reshape(3, 4, 37, 29);
+  FillerParameter filler_param;
+  filler_param.set_std(2);
+  GaussianFiller<Dtype> filler(filler_param);
+  filler.Fill(this->blob_bottom_data_);
+  this->FillDistribution(this->blob_bottom_label_, 17);
+  this->CheckAgainstReference(LayerParameter(), 3 * 37 * 29, 1, 1e-4);
+}
+
+TYPED_TEST(SoftmaxWithDominantLossLayerTest, TestLossStaysWhereComputed) {
+  this->CheckLossStaysWhereComputed("SoftmaxWithDominantLoss");
 }
 
 TYPED_TEST(SoftmaxWithDominantLossLayerTest, TestGradient) {

@@ -247,6 +247,81 @@ def test_pack_refuses_a_build_that_links_opencv(tmp_path):
     assert not list(tmp_path.glob(".pack.partial-*"))
 
 
+def shared_lib(folder, soname, value):
+    """A real shared library SONAME whose function <stem>_version() returns
+    value (stem: libnccl for libnccl.so.2)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    src = folder / f"{soname}.c"
+    src.write_text(f"int {soname.split('.')[0]}_version(void) "
+                   f"{{ return {value}; }}\n")
+    subprocess.run(["gcc", "-shared", "-fPIC", f"-Wl,-soname,{soname}", "-o",
+                    str(folder / soname), str(src)], check=True)
+    src.unlink()
+    return folder / soname
+
+
+def launcher_pack(tmp_path):
+    """The launcher pack_gpu.sh writes, in a pack whose bin/caffe needs
+    libcudnn.so.9 and libnccl.so.2 (as a cuDNN + NCCL libcaffe does) and
+    prints the versions it got, and whose bin/absent needs a library found
+    nowhere; cuDNN and NCCL as pip wheels, nvidia/cudnn/lib and
+    nvidia/nccl/lib, in site/ (PYTHONPATH), as on the GPU machine."""
+    pack, link = tmp_path / "pack", tmp_path / "link"
+    (pack / "bin").mkdir(parents=True)
+    (pack / "lib").mkdir()
+    subprocess.run([str(ROOT / "tools" / "pack_gpu.sh"), "--write-launcher",
+                    str(pack / "run")], check=True, timeout=30)
+    site = tmp_path / "site" / "nvidia"
+    shared_lib(site / "cudnn" / "lib", "libcudnn.so.9", 9)
+    shared_lib(site / "nccl" / "lib", "libnccl.so.2", 2)
+    main = tmp_path / "main.c"
+    main.write_text("#include <stdio.h>\nint libnccl_version(void);\n"
+                    "int libcudnn_version(void);\nint main(void) {\n"
+                    '  printf("cudnn %d nccl %d\\n", libcudnn_version(),'
+                    " libnccl_version());\n  return 0;\n}\n")
+    subprocess.run(["gcc", "-o", str(pack / "bin" / "caffe"), str(main),
+                    str(shared_lib(link, "libcudnn.so.9", 0)),
+                    str(shared_lib(link, "libnccl.so.2", 0))], check=True)
+    main.write_text("int libjcdlabsent_version(void);\n"
+                    "int main(void) { return libjcdlabsent_version(); }\n")
+    subprocess.run(["gcc", "-o", str(pack / "bin" / "absent"), str(main),
+                    str(shared_lib(link, "libjcdlabsent.so.1", 0))],
+                   check=True)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CUDNN_LIB_DIR", "NCCL_LIB_DIR", "LD_LIBRARY_PATH")}
+    env.update(CUDA_HOME=str(tmp_path / "no-cuda"),
+               PYTHONPATH=str(tmp_path / "site"))
+    return pack, env
+
+
+def test_pack_launcher_finds_cudnn_and_nccl_in_their_pip_wheels(tmp_path):
+    pack, env = launcher_pack(tmp_path)
+    proc = subprocess.run([str(pack / "run"), "caffe"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "cudnn 9 nccl 2\n"
+    ldd = subprocess.run([str(pack / "run"), "--ldd"], env=env,
+                         capture_output=True, text=True, timeout=60).stdout
+    nccl = tmp_path / "site" / "nvidia" / "nccl" / "lib" / "libnccl.so.2"
+    assert f"libnccl.so.2 => {nccl}" in ldd
+    # NCCL_LIB_DIR (and CUDNN_LIB_DIR) come first
+    shared_lib(tmp_path / "mine", "libnccl.so.2", 5)
+    proc = subprocess.run([str(pack / "run"), "caffe"], capture_output=True,
+                          env=dict(env, NCCL_LIB_DIR=str(tmp_path / "mine")),
+                          text=True, timeout=60)
+    assert proc.stdout == "cudnn 9 nccl 5\n", proc.stderr
+
+
+def test_pack_launcher_names_a_library_it_cannot_find(tmp_path):
+    pack, env = launcher_pack(tmp_path)
+    proc = subprocess.run([str(pack / "run"), "absent"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 127
+    assert proc.stderr.startswith("run: bin/absent needs libjcdlabsent.so.1 "
+                                  "and no folder has it: "), proc.stderr
+    assert "NCCL_LIB_DIR" in proc.stderr
+
+
 TRAIN_LOG = "\n".join(
     ["I0101 00:00:00.000000 1 solver.cpp:239] Iteration 0 (0 iter/s, "
      "0.9s/10 iters), loss = 2.1"] +

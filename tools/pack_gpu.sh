@@ -18,10 +18,12 @@
 #                bench/gpu/make_prototxts.py --lmdb), which reads it as
 #                gpu_pack/bench_lmdb from the repository root
 #   run          the launcher: run TOOL ARGS... sets LD_LIBRARY_PATH (this
-#                lib/, the CUDA toolkit, cuDNN's pip wheel) and runs bin/TOOL
+#                lib/, the CUDA toolkit, cuDNN's and NCCL's pip wheels) and
+#                runs bin/TOOL
 #   BUILD_INFO   the build's options, the packed files and the size
 #
 # usage: tools/pack_gpu.sh [BUILD_DIR [OUT_DIR]]
+#        tools/pack_gpu.sh --write-launcher FILE   (the launcher alone)
 #   BUILD_DIR  a CUDA flavour folder of caffe_KL/build.sh, holding src/ and
 #              build/ (default build/cuda)
 #   OUT_DIR    default gpu_pack (ignore it in git; name it in `carry`)
@@ -41,6 +43,72 @@ limit_mib=${PACK_LIMIT_MIB:-64}
 cuda=${CUDA_HOME:-/usr/local/cuda}
 
 die() { echo "$me: $*" >&2; exit 1; }
+
+write_launcher() {  # write_launcher FILE: the pack's run
+cat > "$1" <<'EOF'
+#!/usr/bin/env bash
+# usage: run TOOL [ARGS...]   TOOL: caffe, test.testbin or loss_layers_bench
+#        run --ldd            the libraries each program finds
+# Runs bin/TOOL with this pack's libraries, the CUDA toolkit's, cuDNN's and
+# NCCL's (multi-GPU training: libcaffe needs it when built with NCCL). Each
+# of cuDNN and NCCL, unless the toolkit has it: CUDNN_LIB_DIR / NCCL_LIB_DIR,
+# else the nvidia-cudnn / nvidia-nccl pip wheel (PyTorch's, then python3's),
+# else the first libcudnn.so.9 / libnccl.so.2 under /opt, /usr/local or
+# /usr/lib. A library bin/TOOL needs that none of these has is named.
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+tool=${1:?usage: run TOOL [ARGS...] (or run --ldd)}; shift
+if [ "$tool" != --ldd ] && [ ! -x "$here/bin/$tool" ]; then
+  echo "run: no such tool: $tool (have: $(ls "$here/bin" | tr '\n' ' '))" >&2; exit 2
+fi
+libs=$here/lib
+cuda=${CUDA_HOME:-/usr/local/cuda}
+for d in "$cuda/lib64" "$cuda/targets/x86_64-linux/lib"; do
+  [ -d "$d" ] && libs=$libs:$d
+done
+# add_lib VAR MODULE SONAME: the folder in $VAR, else the nvidia-MODULE pip
+# wheel's lib/ (PyTorch's venv in /opt/torch, then python3's), else the first
+# SONAME under /opt, /usr/local or /usr/lib; nothing when a folder already
+# in $libs has SONAME and VAR is not set
+add_lib() {
+  local dir=${!1:-} d found
+  if [ -z "$dir" ]; then
+    for d in ${libs//:/ }; do [ -e "$d/$3" ] && return 0; done
+    for d in /opt/torch/.venv/lib/python3*/site-packages/nvidia/"$2"/lib; do
+      [ -e "$d/$3" ] && dir=$d
+    done
+  fi
+  if [ -z "$dir" ] && command -v python3 >/dev/null; then
+    dir=$(python3 -c 'import os, sys, importlib; m = importlib.import_module("nvidia." + sys.argv[1]); print(os.path.join(list(m.__path__)[0], "lib"))' "$2" 2>/dev/null || true)
+    [ -e "$dir/$3" ] || dir=
+  fi
+  if [ -z "$dir" ] || [ ! -d "$dir" ]; then  # anywhere
+    found=$(find /opt /usr/local /usr/lib -name "$3" 2>/dev/null | head -1)
+    [ -n "$found" ] && dir=$(dirname "$found")
+  fi
+  if [ -n "$dir" ] && [ -d "$dir" ]; then libs=$libs:$dir; fi
+  return 0
+}
+add_lib CUDNN_LIB_DIR cudnn libcudnn.so.9
+add_lib NCCL_LIB_DIR nccl libnccl.so.2
+export LD_LIBRARY_PATH=$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+if [ "$tool" = --ldd ]; then  # what each program resolves with these paths
+  for f in "$here"/bin/*; do echo "== $f"; ldd "$f"; done
+  exit 0
+fi
+missing=$(ldd "$here/bin/$tool" 2>/dev/null | awk '/not found/ {print $1}' | sort -u | tr '\n' ' ')
+if [ -n "$missing" ]; then
+  echo "run: bin/$tool needs ${missing% } and no folder has it: $LD_LIBRARY_PATH" \
+       "(CUDNN_LIB_DIR / NCCL_LIB_DIR name cuDNN's / NCCL's)" >&2
+  exit 127
+fi
+exec "$here/bin/$tool" "$@"
+EOF
+chmod +x "$1"
+}
+
+if [ "${1:-}" = --write-launcher ]; then  # the launcher alone (tests)
+  write_launcher "${2:?usage: pack_gpu.sh --write-launcher FILE}"; exit 0
+fi
 
 bin=$build/build
 cache=$bin/CMakeCache.txt
@@ -126,44 +194,7 @@ py=$root/.venv/bin/python
   "reads gpu_pack/bench_lmdb; this pack is $out" >&2
 
 # 6. the launcher
-cat > "$stage/run" <<'EOF'
-#!/usr/bin/env bash
-# usage: run TOOL [ARGS...]   TOOL: caffe, test.testbin or loss_layers_bench
-#        run --ldd            the libraries each program finds
-# Runs bin/TOOL with this pack's libraries, the CUDA toolkit's and cuDNN's
-# (CUDNN_LIB_DIR, else the nvidia-cudnn pip wheel of python3, else the first
-# libcudnn.so.9 under /opt, /usr/local or /usr/lib).
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-tool=${1:?usage: run TOOL [ARGS...] (or run --ldd)}; shift
-if [ "$tool" != --ldd ] && [ ! -x "$here/bin/$tool" ]; then
-  echo "run: no such tool: $tool (have: $(ls "$here/bin" | tr '\n' ' '))" >&2; exit 2
-fi
-libs=$here/lib
-cuda=${CUDA_HOME:-/usr/local/cuda}
-for d in "$cuda/lib64" "$cuda/targets/x86_64-linux/lib"; do
-  [ -d "$d" ] && libs=$libs:$d
-done
-if [ -z "${CUDNN_LIB_DIR:-}" ]; then
-  for d in /opt/torch/.venv/lib/python3*/site-packages/nvidia/cudnn/lib; do
-    [ -d "$d" ] && CUDNN_LIB_DIR=$d
-  done
-fi
-if [ -z "${CUDNN_LIB_DIR:-}" ] && command -v python3 >/dev/null; then
-  CUDNN_LIB_DIR=$(python3 -c 'import os, nvidia.cudnn as m; print(os.path.join(list(m.__path__)[0], "lib"))' 2>/dev/null || true)
-fi
-if [ -z "${CUDNN_LIB_DIR:-}" ] || [ ! -d "$CUDNN_LIB_DIR" ]; then  # anywhere
-  found=$(find /opt /usr/local /usr/lib -name 'libcudnn.so.9' 2>/dev/null | head -1)
-  [ -n "$found" ] && CUDNN_LIB_DIR=$(dirname "$found")
-fi
-[ -n "${CUDNN_LIB_DIR:-}" ] && [ -d "$CUDNN_LIB_DIR" ] && libs=$libs:$CUDNN_LIB_DIR
-export LD_LIBRARY_PATH=$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-if [ "$tool" = --ldd ]; then  # what each program resolves with these paths
-  for f in "$here"/bin/*; do echo "== $f"; ldd "$f"; done
-  exit 0
-fi
-exec "$here/bin/$tool" "$@"
-EOF
-chmod +x "$stage/run"
+write_launcher "$stage/run"
 
 # 7. what is in it, and its size
 bytes=$(du -sb "$stage" | cut -f1)
@@ -172,7 +203,7 @@ mib=$(awk -v b="$bytes" 'BEGIN {printf "%.1f", b / 1048576}')
   echo "packed=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "build=$build"
   echo "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-  for o in USE_CUDNN USE_OPENCV USE_LMDB USE_LEVELDB BUILD_python BUILD_python_layer CUDA_ARCH_BIN CUDA_ARCH_PTX CMAKE_BUILD_TYPE; do
+  for o in USE_CUDNN USE_NCCL USE_OPENCV USE_LMDB USE_LEVELDB BUILD_python BUILD_python_layer CUDA_ARCH_BIN CUDA_ARCH_PTX CMAKE_BUILD_TYPE; do
     echo "$o=$(opt $o)"
   done
   echo "nvcc=$("$cuda/bin/nvcc" --version 2>/dev/null | sed -n 's/.*release \([0-9.]*\).*/\1/p')"

@@ -173,12 +173,16 @@ def test_loss_layers_bench_runs_on_the_cpu_build(tmp_path):
                    for v in layers.values())
         assert 0 < out["share_of_iteration"][way] < 1
         assert out["isolated_us"][way] > 0
+    assert out["isolated_us"]["gpu_host_sum"] > 0
+    assert out["host_sum_over_device_sum"] > 0
     work = tmp_path / "work"
     work.mkdir()
     (work / "loss_layers.json").write_text(proc.stdout)
     summary = summarize.loss_layers(work)
     assert "error" not in summary
     assert summary["loss_layers_ms_gpu"] == out["loss_layers_ms"]["gpu"]
+    assert summary["host_sum_over_device_sum"] == \
+        out["host_sum_over_device_sum"]
     # without the usage it was given, the program says how to call it
     bad = subprocess.run([str(exe)], capture_output=True, text=True)
     assert bad.returncode == 2 and "usage:" in bad.stderr

@@ -24,10 +24,15 @@
 //   loss_layers_ms     the sum of those (median of the per-pass sums);
 //   isolated_us        the loss layers alone, REPS passes of: inputs marked
 //                      fresh on the device, forwards, backwards, gradients
-//                      on the device, synchronise; mean microseconds;
+//                      on the device, synchronise; mean microseconds; also
+//                      gpu_host_sum: the gpu way plus, after each forward,
+//                      the per-sample losses copied to the host and summed
+//                      there, as Forward_gpu did before it summed on the
+//                      device;
 //   share_of_iteration loss_layers_ms.gpu / iteration_ms.gpu.median;
 //   cpu_over_gpu       isolated_us.cpu / isolated_us.gpu, and the same for
-//                      loss_layers_ms.
+//                      loss_layers_ms;
+//   host_sum_over_device_sum  isolated_us.gpu_host_sum / isolated_us.gpu.
 // Glog's INFO lines go to its log files, not to stdout. Built against a
 // CPU_ONLY Caffe it runs both ways on the CPU (a smoke test of the program).
 #ifndef CPU_ONLY
@@ -42,6 +47,7 @@
 #include <vector>
 
 #include "caffe/caffe.hpp"
+#include "caffe/layers/softmax_kl_loss_layer.hpp"
 
 using caffe::Blob;
 using caffe::Caffe;
@@ -76,6 +82,13 @@ double mean(const std::vector<double>& v) {
   for (size_t i = 0; i < v.size(); ++i) s += v[i];
   return v.empty() ? 0 : s / v.size();
 }
+
+// The per-sample losses of a JCDL loss layer, a protected member.
+struct PerSample : caffe::SoftmaxWithKLLossLayer<float> {
+  static Blob<float> caffe::SoftmaxWithKLLossLayer<float>::* member() {
+    return &PerSample::loss_;
+  }
+};
 
 bool is_jcdl_loss(const Layer<float>& layer) {
   const std::string t = layer.type();
@@ -180,7 +193,7 @@ class Runner {
   // The loss layers alone, as in one training iteration: their inputs
   // marked fresh on the device (as the layers below leave them), forwards
   // in order, backwards in reverse, gradients on the device; microseconds.
-  double LossesOnly(bool cpu) {
+  double LossesOnly(bool cpu, bool host_sum = false) {
     sync();
     const Clock::time_point t0 = Clock::now();
 #ifndef CPU_ONLY
@@ -189,11 +202,27 @@ class Runner {
       for (size_t j = 0; j < b.size(); ++j) b[j]->mutable_gpu_data();
     }
 #endif
-    for (size_t k = 0; k < losses_.size(); ++k) Forward(losses_[k], cpu);
+    for (size_t k = 0; k < losses_.size(); ++k) {
+      Forward(losses_[k], cpu);
+      if (host_sum) sink_ += HostSum(losses_[k]);
+    }
     for (int k = losses_.size() - 1; k >= 0; --k) Backward(losses_[k], cpu);
     sync();
     return 1000 * ms_since(t0);
   }
+
+  // The sum, on the host, of layer i's per-sample losses (copied there).
+  float HostSum(int i) {
+    caffe::SoftmaxWithKLLossLayer<float>* l =
+        dynamic_cast<caffe::SoftmaxWithKLLossLayer<float>*>(layers_[i].get());
+    const Blob<float>& per_sample = l->*PerSample::member();
+    const float* v = per_sample.cpu_data();
+    float sum = 0;
+    for (int j = 0; j < per_sample.count(); ++j) sum += v[j];
+    return sum;
+  }
+
+  float sink() const { return sink_; }
 
  private:
   bool is_loss(int i) const { return loss_index(i) >= 0; }
@@ -210,6 +239,7 @@ class Runner {
   const std::vector<std::vector<bool> >& need_;
   const std::vector<bool>& layer_need_;
   std::vector<int> losses_;
+  float sink_ = 0;
 };
 
 std::string quoted(const std::string& s) {
@@ -283,15 +313,17 @@ int main(int argc, char** argv) {
 
   // the loss layers alone
   for (int w = 0; w < 20; ++w) { run.LossesOnly(false); run.LossesOnly(true); }
-  std::vector<double> iso_gpu, iso_cpu;
+  std::vector<double> iso_gpu, iso_cpu, iso_host_sum;
   for (int r = 0; r < reps; ++r) {
     iso_gpu.push_back(run.LossesOnly(false));
     iso_cpu.push_back(run.LossesOnly(true));
+    iso_host_sum.push_back(run.LossesOnly(false, true));
   }
 
   const double iter_gpu = median(it_gpu), iter_cpu = median(it_cpu);
   const double loss_gpu = median(sum_gpu), loss_cpu = median(sum_cpu);
   const double us_gpu = mean(iso_gpu), us_cpu = mean(iso_cpu);
+  const double us_host_sum = mean(iso_host_sum);
   std::printf("{\n  \"device\": %s,\n  \"model\": %s,\n",
               quoted(device).c_str(), quoted(model).c_str());
   std::printf("  \"iterations\": %d,\n  \"reps\": %d,\n", iterations, reps);
@@ -314,11 +346,14 @@ int main(int argc, char** argv) {
   std::printf("},\n");
   std::printf("  \"loss_layers_ms\": {\"gpu\": %.4f, \"cpu\": %.4f},\n",
               loss_gpu, loss_cpu);
-  std::printf("  \"isolated_us\": {\"gpu\": %.3f, \"cpu\": %.3f},\n", us_gpu,
-              us_cpu);
+  std::printf("  \"isolated_us\": {\"gpu\": %.3f, \"cpu\": %.3f, "
+              "\"gpu_host_sum\": %.3f},\n", us_gpu, us_cpu, us_host_sum);
   std::printf("  \"share_of_iteration\": {\"gpu\": %.6f, \"cpu\": %.6f},\n",
               loss_gpu / iter_gpu, loss_cpu / iter_cpu);
-  std::printf("  \"cpu_over_gpu\": {\"isolated\": %.3f, \"in_net\": %.3f}\n}\n",
+  std::printf("  \"cpu_over_gpu\": {\"isolated\": %.3f, \"in_net\": %.3f},\n",
               us_cpu / us_gpu, loss_cpu / loss_gpu);
+  std::printf("  \"host_sum_over_device_sum\": %.3f\n}\n",
+              us_host_sum / us_gpu);
+  LOG(INFO) << "host sums (ignore): " << run.sink();
   return 0;
 }

@@ -269,6 +269,10 @@ def loss_layers(work):
         "isolated_us_gpu": bench["isolated_us"]["gpu"],
         "isolated_us_cpu_original_way": bench["isolated_us"]["cpu"],
         "cpu_over_gpu_isolated": bench["cpu_over_gpu"]["isolated"],
+        # the per-sample losses summed on the host (Forward_gpu before it
+        # summed on the device) against on the device
+        "isolated_us_gpu_host_sum": bench["isolated_us"].get("gpu_host_sum"),
+        "host_sum_over_device_sum": bench.get("host_sum_over_device_sum"),
         "iteration_saved_ms": round(bench["iteration_ms"]["cpu"]["median"]
                                     - bench["iteration_ms"]["gpu"]["median"],
                                     4),

@@ -89,11 +89,43 @@ def _decodes_natively_to(path, img):
             and native.dtype == img.dtype and np.array_equal(native, img))
 
 
+# Caffe parses a record with protobuf, which reads at most 2 GB - 1 bytes
+# (and a batch's count is an int): a larger image is refused before decoding.
+MAX_RECORD = 2 ** 31 - 1 - (1 << 20)
+
+
+def record_too_large(h, w, c):
+    """The message for an image of h x w x c whose raw record would pass
+    protobuf's 2 GB limit, or None."""
+    if h * w * c <= MAX_RECORD:
+        return None
+    return (f"{w}x{h}x{c} (WxHxC) is {h * w * c} bytes of pixels, more "
+            "than a Caffe record can hold (2 GB)")
+
+
+def _check_record_size(entry, list_path, full_path, gray):
+    """An image whose header says it is too large for one record."""
+    try:
+        with open(full_path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return
+    size = encoded_size(head)
+    if size is not None:
+        why = record_too_large(size[1], size[2], 1 if gray else 3)
+        if why:
+            raise JcdlError(list_path, f"image {full_path}: {why}: convert "
+                            "with --resize_height and --resize_width",
+                            entry.line)
+
+
 def make_datum(entry, list_path, full_path, gray=False, resize_height=0,
                resize_width=0, encode_type=""):
     """The Datum of one entry, as convert_imageset_r builds it; encode_type
     '' means raw pixels."""
     pb2 = caffe_pb2()
+    if not (resize_height and resize_width):
+        _check_record_size(entry, list_path, full_path, gray)
     img = imread(full_path, cv2.IMREAD_GRAYSCALE if gray
                  else cv2.IMREAD_COLOR)
     if img is None:
@@ -200,6 +232,10 @@ def convert(root, list_path, db_path, resize_height=0, resize_width=0,
                         "write it; use jpg or png)")
     from .files import check_not_inside  # noqa: PLC0415
     check_not_inside(db_path, (root,))
+    why = record_too_large(resize_height, resize_width, 1 if gray else 3)
+    if why:
+        raise JcdlError("--resize_height/--resize_width", why + ": choose "
+                        "a smaller size")
     entries = read_list(list_path, root)
     make_folder_for(db_path)
     if shuffle:

@@ -266,7 +266,9 @@ def distributions_figure(names, P, Q, class_names, n=6, images=None):
     with_images = images is not None and len(images) >= n
     plt = _pyplot()
     cols = 2 if with_images else 1
-    fig, axes = plt.subplots(n, cols, figsize=(3 + 0.7 * K + 2.5 * (cols - 1),
+    many = K > 30      # then lines over the class index: bounded size, time
+    fig, axes = plt.subplots(n, cols, figsize=(3 + 0.7 * min(K, 30)
+                                               + 2.5 * (cols - 1),
                                                2.4 * n), squeeze=False,
                              gridspec_kw={"width_ratios": [1, 2.5]}
                              if with_images else None)
@@ -282,9 +284,15 @@ def distributions_figure(names, P, Q, class_names, n=6, images=None):
                           cmap="gray")
             ax.axis("off")
         ax = axes[i][-1]
-        ax.bar(x - 0.2, P[i], width=0.4, label="true")
-        ax.bar(x + 0.2, Q[i], width=0.4, label="predicted")
-        ax.set_xticks(x, class_names, rotation=30, ha="right", fontsize=8)
+        if many:
+            ax.plot(x, P[i], drawstyle="steps-mid", label="true")
+            ax.plot(x, Q[i], drawstyle="steps-mid", label="predicted")
+            ax.set_xlabel(f"class index (of {K})", fontsize=8)
+        else:
+            ax.bar(x - 0.2, P[i], width=0.4, label="true")
+            ax.bar(x + 0.2, Q[i], width=0.4, label="predicted")
+            ax.set_xticks(x, class_names, rotation=30, ha="right",
+                          fontsize=8)
         ax.set_ylim(0, 1)
         name = str(names[i]).encode("utf-8", "surrogateescape").decode(
             "utf-8", "replace")          # a name that is not UTF-8: shown

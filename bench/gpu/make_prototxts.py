@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT / "python"))
 from google.protobuf import text_format  # noqa: E402
 
 from jcdl import lmdbio, netgen  # noqa: E402
+from jcdl.caffenet import import_caffe  # noqa: E402
 
 
 CLASSES = 7          # K (Emotion6's seven emotions)

@@ -9,21 +9,25 @@ random, data constant, so nothing but compute is timed):
 - ``vgg16_infer_b1``, ``vgg16_infer_b8``: VGG-16 (K = 7 outputs) forward,
   Caffe ``net.forward()`` in TEST phase, PyTorch eval mode under no_grad;
 - ``vgg16_train_b2``: one SGD step of the JCDL VGG-16 at batch 2 (Caffe
-  ``solver.step(1)`` on bench/gpu's net: 0.8 KL + 0.2 dominant softmax,
+  ``solver.step(1)`` on netgen's train net over DummyData, as bench/gpu's: 0.8 KL + 0.2 dominant softmax,
   dropout, the original recipe's SGD; PyTorch: bench/gpu/torch_twin.py's
   model, loss and optimizer);
 - ``small_train_b32``: one SGD step of the demo's small net (``jcdl netgen
-  --arch small``: batch 32, crop 32, K = 8, as ``jcdl demo`` trains it),
-  at 1 and 2 threads on both sides (OPENBLAS_NUM_THREADS / torch threads);
-  the ratio is taken at each side's best.
+  --arch small``: batch 32, crop 32, K = 8, as ``jcdl demo`` trains it).
 
-Every measurement is its own process (Caffe in .venv's Python, PyTorch in
-bench/cpu/.venv, which this script makes and fills with torch and
-torchvision from PyPI the first time; make never installs them). Each
-repetition runs every case on both sides, the side that goes first
-alternating, and the ratios are taken within a repetition, so load from
-other users of the machine hits both sides alike; the load average is
-recorded around every measurement. Writes results.json and results.md.
+Every case runs at 1 and 2 threads on both sides (OPENBLAS_NUM_THREADS,
+OMP_NUM_THREADS); the headline ratio takes each side at its best thread
+count in that repetition, and the ratios at equal thread counts are kept
+too.
+
+Each side runs in a process of its own (Caffe in .venv's Python, PyTorch
+in bench/cpu/.venv, which this script makes and fills with torch and
+torchvision from PyPI the first time; make never installs them). For each
+case and thread count both processes are started and warmed up, then take
+turns one iteration at a time (who goes first alternating, PAUSE apart), so
+load from other users of the machine hits both sides alike; the ratios are
+taken within those runs and the load average is recorded around each.
+Writes results.json and results.md.
 """
 import argparse
 import json
@@ -42,42 +46,44 @@ CAFFE_PY = ROOT / ".venv" / "bin" / "python"
 TORCH_VENV = HERE / ".venv"
 TORCH_PY = TORCH_VENV / "bin" / "python"
 K_VGG, K_SMALL = 7, 8
-CASES = {  # name: (batch, warm-up iterations, timed iterations)
-    "vgg16_infer_b1": (1, 2, 6),
-    "vgg16_infer_b8": (8, 1, 3),
-    "vgg16_train_b2": (2, 1, 3),
-    "small_train_b32": (32, 20, 100),
+THREADS = (1, 2)  # OPENBLAS_NUM_THREADS / OMP_NUM_THREADS on both sides
+PAUSE = 0.25      # seconds between two iterations
+CASES = {  # name: (batch, warm-up iterations, timed iterations per side)
+    "vgg16_infer_b1": (1, 2, 12),
+    "vgg16_infer_b8": (8, 1, 6),
+    "vgg16_train_b2": (2, 1, 6),
+    "small_train_b32": (32, 20, 60),
 }
 
 
 # --- workers (each in its own process) --------------------------------------
 
-def _timed(step, warmup, iters):
+def serve(step, info, warmup):
+    """A worker's loop: warm up, say ready, then one timed iteration per
+    'step' line on stdin (its seconds on stdout) until stdin closes."""
     for _ in range(warmup):
         step()
-    times = []
-    for _ in range(iters):
+    print(json.dumps(info), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
         t = time.perf_counter()
         step()
-        times.append(time.perf_counter() - t)
-    return {"ms_median": round(1000 * statistics.median(times), 3),
-            "ms_min": round(1000 * min(times), 3), "iters": iters}
+        print(time.perf_counter() - t, flush=True)
 
 
 def caffe_worker(case, tmp):
     sys.path.insert(0, str(ROOT / "python"))
-    sys.path.insert(0, str(ROOT / "bench" / "gpu"))
     os.environ.setdefault("GLOG_minloglevel", "2")
     import ctypes
 
     import caffe
     from caffe import layers as L
     from jcdl import netgen
-    import make_prototxts as mp
     pb = caffe.proto.caffe_pb2
     caffe.set_mode_cpu()
     caffe.set_random_seed(1)
-    batch, warmup, iters = CASES[case]
+    batch = CASES[case][0]
     tmp = Path(tmp)
     if case.startswith("vgg16_infer"):
         n = caffe.NetSpec()
@@ -88,21 +94,22 @@ def caffe_worker(case, tmp):
         net.blobs["data"].data[...] = 1.0
         step = net.forward
     else:
-        if case == "vgg16_train_b2":
-            net = mp.bench_net("default", batch=batch)
-        else:  # the demo's small net over constant DummyData
-            full = netgen.train_val_net("small", "jcdl", 0.8, K_SMALL, "x",
-                                        "y", None, batch, batch, 32, True)
-            net = pb.NetParameter(name="small_bench")
-            d = net.layer.add(name="data", type="DummyData",
-                              top=["data", "label"])
-            p = d.dummy_data_param
-            p.shape.add().dim.extend([batch, 3, 32, 32])
-            p.shape.add().dim.extend([batch, K_SMALL])
-            p.data_filler.add(type="constant", value=1.0)
-            p.data_filler.add(type="constant", value=1.0 / K_SMALL)
-            net.layer.extend(
-                l for l in full.layer if l.type not in ("Data", "Accuracy"))
+        # netgen's train net (as bench/gpu's) over constant DummyData:
+        # images of 1.0, labels the uniform distribution
+        arch, k, crop = (("vgg16", K_VGG, 224) if case == "vgg16_train_b2"
+                         else ("small", K_SMALL, 32))
+        full = netgen.train_val_net(arch, "jcdl", 0.8, k, "x", "y", None,
+                                    batch, batch, crop, True)
+        net = pb.NetParameter(name=f"{arch}_bench")
+        d = net.layer.add(name="data", type="DummyData",
+                          top=["data", "label"])
+        p = d.dummy_data_param
+        p.shape.add().dim.extend([batch, 3, crop, crop])
+        p.shape.add().dim.extend([batch, k])
+        p.data_filler.add(type="constant", value=1.0)
+        p.data_filler.add(type="constant", value=1.0 / k)
+        net.layer.extend(
+            l for l in full.layer if l.type not in ("Data", "Accuracy"))
         (tmp / "net.prototxt").write_text(str(net))
         s = pb.SolverParameter(
             net=str(tmp / "net.prototxt"), base_lr=1e-4, lr_policy="fixed",
@@ -114,12 +121,10 @@ def caffe_worker(case, tmp):
         (tmp / "solver.prototxt").write_text(str(s))
         solver = caffe.SGDSolver(str(tmp / "solver.prototxt"))
         step = lambda: solver.step(1)  # noqa: E731
-    out = _timed(step, warmup, iters)
     lib = ctypes.CDLL("libopenblas.so.0")
     lib.openblas_get_corename.restype = ctypes.c_char_p
-    out["blas_core"] = lib.openblas_get_corename().decode()
-    out["blas_threads"] = lib.openblas_get_num_threads()
-    return out
+    return step, {"blas_core": lib.openblas_get_corename().decode(),
+                  "blas_threads": lib.openblas_get_num_threads()}
 
 
 def torch_worker(case):
@@ -128,7 +133,7 @@ def torch_worker(case):
     from torch import nn
     import torch_twin as tt
     torch.manual_seed(1)
-    batch, warmup, iters = CASES[case]
+    batch = CASES[case][0]
     if case.startswith("vgg16"):
         model = tt.build_model(K_VGG, "cpu")
         classes, size = K_VGG, 224
@@ -169,10 +174,8 @@ def torch_worker(case):
             opt.zero_grad(set_to_none=True)
             tt.jcdl_loss(model(x), p).backward()
             opt.step()
-    out = _timed(step, warmup, iters)
-    out["torch_threads"] = torch.get_num_threads()
-    out["mkldnn"] = torch.backends.mkldnn.is_available()
-    return out
+    return step, {"torch_threads": torch.get_num_threads(),
+                  "mkldnn": torch.backends.mkldnn.is_available()}
 
 
 # --- the orchestration ------------------------------------------------------
@@ -181,18 +184,63 @@ def loadavg():
     return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
 
 
-def measure(side, case, threads=None):
-    env = dict(os.environ)
-    if threads:
+class Worker:
+    """One side of one case, alive for the whole comparison."""
+
+    def __init__(self, side, case, threads):
+        env = dict(os.environ)
         env["OPENBLAS_NUM_THREADS"] = env["OMP_NUM_THREADS"] = str(threads)
-    py = CAFFE_PY if side == "caffe" else TORCH_PY
+        py = CAFFE_PY if side == "caffe" else TORCH_PY
+        self.p = subprocess.Popen(
+            [str(py), __file__, "--worker", side, "--case", case], env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.info = json.loads(self._line(f"{side} {case}"))
+        self.what = f"{side} {case}"
+
+    def _line(self, what):
+        line = self.p.stdout.readline()
+        if not line:
+            raise SystemExit(f"run.py: the {what} worker died "
+                             f"(exit {self.p.wait()})")
+        return line
+
+    def step(self):
+        self.p.stdin.write("step\n")
+        self.p.stdin.flush()
+        return float(self._line(self.what))
+
+    def close(self):
+        self.p.stdin.close()
+        self.p.wait(timeout=120)
+
+
+def compare(case, threads):
+    """Both sides of a case at a thread count, their iterations alternating
+    one by one (who goes first alternating too), PAUSE apart so that one
+    side's idle threads have gone to sleep before the other runs."""
+    iters = CASES[case][2]
     before = loadavg()
-    p = subprocess.run([str(py), __file__, "--worker", side, "--case", case],
-                       env=env, capture_output=True, text=True, timeout=900)
-    if p.returncode != 0:
-        raise SystemExit(f"run.py: {side} {case} failed:\n{p.stderr[-3000:]}")
-    out = json.loads(p.stdout.strip().splitlines()[-1])
-    out["load_before"], out["load_after"] = before, loadavg()
+    caffe = Worker("caffe", case, threads)
+    torch = Worker("torch", case, threads)
+    times = {"caffe": [], "torch": []}
+    try:
+        for i in range(iters):
+            for side in (("caffe", "torch") if i % 2 == 0 else
+                         ("torch", "caffe")):
+                time.sleep(PAUSE)
+                times[side].append((caffe if side == "caffe" else torch).step())
+    finally:
+        caffe.close()
+        torch.close()
+    out = {"load_before": before, "load_after": loadavg()}
+    for side in times:
+        out[side] = {"ms_median": round(1000 * statistics.median(times[side]), 3),
+                     "ms_min": round(1000 * min(times[side]), 3),
+                     "ms_all": [round(1000 * t, 2) for t in times[side]]}
+    out["caffe"].update(caffe.info)
+    out["torch"].update(torch.info)
+    out["ratio_pairs_median"] = round(statistics.median(
+        t / c for c, t in zip(times["caffe"], times["torch"])), 3)
     return out
 
 
@@ -210,13 +258,23 @@ def ensure_torch():
 
 
 def peak_gflops():
-    """The fp32 FMA peak of all cores, measured by fma_peak.c."""
+    """The fp32 FMA peak, measured by fma_peak.c: one core's times the
+    cores (what the hardware does; a busy machine lowers the all-cores run,
+    which is kept beside it)."""
     exe = Path(tempfile.mkdtemp()) / "fma_peak"
     subprocess.run(["cc", "-O3", "-march=native", "-pthread",
                     str(HERE / "fma_peak.c"), "-o", str(exe)], check=True)
     n = os.cpu_count()
-    return json.loads(subprocess.run([str(exe), str(n)], capture_output=True,
-                                     text=True, check=True).stdout)
+
+    def run(threads):
+        return json.loads(subprocess.run(
+            [str(exe), str(threads)], capture_output=True, text=True,
+            check=True).stdout)
+    one, every = run(1), run(n)
+    return {"isa": one["isa"], "cores": n,
+            "gflops": round(max(one["gflops"] * n, every["gflops"]), 1),
+            "one_core_gflops": one["gflops"],
+            "all_cores_gflops_measured": every["gflops"]}
 
 
 def sgemm():
@@ -262,9 +320,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.worker:
         with tempfile.TemporaryDirectory() as tmp:
-            r = (caffe_worker(args.case, tmp) if args.worker == "caffe"
-                 else torch_worker(args.case))
-        print(json.dumps(r))
+            step, info = (caffe_worker(args.case, tmp)
+                          if args.worker == "caffe" else
+                          torch_worker(args.case))
+            serve(step, info, CASES[args.case][1])
         return 0
 
     ensure_torch()
@@ -278,17 +337,13 @@ def main(argv=None):
           file=sys.stderr)
     for rep in range(args.reps):
         row = {}
-        for i, case in enumerate(cases):
-            sides = ("caffe", "torch") if (rep + i) % 2 == 0 else \
-                ("torch", "caffe")
-            threads = (1, 2) if case == "small_train_b32" else (None,)
+        for case in cases:
             row[case] = {}
-            for t in threads:
-                for side in sides:
-                    key = side if t is None else f"{side}_t{t}"
-                    row[case][key] = measure(side, case, t)
-                    print(f"rep {rep} {case} {key}: "
-                          f"{row[case][key]['ms_median']} ms", file=sys.stderr)
+            for t in THREADS:
+                r = row[case][f"t{t}"] = compare(case, t)
+                print(f"rep {rep} {case} t{t}: caffe {r['caffe']['ms_median']}"
+                      f" ms, torch {r['torch']['ms_median']} ms, load "
+                      f"{r['load_before'][0]}", file=sys.stderr)
         res["reps"].append(row)
     res["load_end"] = loadavg()
     res["sgemm_end"] = sgemm()
@@ -301,9 +356,8 @@ def main(argv=None):
 
 
 def _best(row, side):
-    keys = [k for k in row if k == side or k.startswith(side + "_t")]
-    k = min(keys, key=lambda k: row[k]["ms_median"])
-    return row[k]["ms_median"], k
+    t = min(row, key=lambda t: row[t][side]["ms_median"])
+    return row[t][side]["ms_median"], f"{side}_{t}"
 
 
 def summarize(res, cases):
@@ -318,10 +372,14 @@ def summarize(res, cases):
             tm.append(t)
             ck.append(ckey)
             tk.append(tkey)
+        same = {t: round(statistics.median(
+            row[case][t]["ratio_pairs_median"] for row in res["reps"]), 3)
+            for t in res["reps"][0][case]}
         s[case] = {"caffe_ms": round(statistics.median(cm), 2),
                    "torch_ms": round(statistics.median(tm), 2),
                    "caffe_speed_over_torch": round(statistics.median(ratios), 3),
                    "ratio_per_rep": [round(r, 3) for r in ratios],
+                   "ratio_at_equal_threads": same,
                    "caffe_best": ck, "torch_best": tk}
     peak = res["peak"]["gflops"]
     s["sgemm_square_2048_gflops"] = res["sgemm"]["gflops"]["square_2048"]
@@ -331,17 +389,19 @@ def summarize(res, cases):
 
 def markdown(res, cases):
     s, m = res["summary"], res["machine"]
-    loads = [r[c][k]["load_before"][0] for r in res["reps"] for c in r
-             for k in r[c]]
+    loads = [r[c][t][k][0] for r in res["reps"] for c in r for t in r[c]
+             for k in ("load_before", "load_after")]
     lines = [
         "# CPU benchmark: Caffe (this build) vs a PyTorch twin",
         "",
         f"Machine: {m.get('model name')} (family {m.get('cpu family')}, "
         f"model {m.get('model')}), {m['cores']} cores; "
         f"torch {res['versions']['torch']}. Run {res['started']}, "
-        f"{len(res['reps'])} repetitions, sides alternating. The machine was "
+        f"{len(res['reps'])} repetitions; in each, both sides of a case run "
+        "at once in two processes and take turns iteration by iteration. "
+        "The machine was "
         f"shared: load average (1 min) {res['load_start'][0]} at the start, "
-        f"{min(loads)}–{max(loads)} before the measurements, "
+        f"{min(loads)}–{max(loads)} around the measurements, "
         f"{res['load_end'][0]} at the end; compare the ratios (both sides "
         "measured back to back), not the times, with other runs.",
         "",
@@ -352,25 +412,28 @@ def markdown(res, cases):
         f"{res['sgemm']['gflops']['square_2048']} GFLOP/s at the start, "
         f"{res['sgemm_end']['gflops']['square_2048']} at the end, against a "
         f"measured fp32 peak of {res['peak']['gflops']} GFLOP/s "
-        f"({res['peak']['isa']} FMA, all cores): "
+        f"({res['peak']['isa']} FMA: one core's "
+        f"{res['peak']['one_core_gflops']} x {res['peak']['cores']}): "
         f"{100 * s['sgemm_of_peak']:.0f} % of peak.",
         "",
-        "| case | Caffe ms | PyTorch ms | Caffe speed / PyTorch | per repetition |",
-        "|---|---|---|---|---|",
+        "| case | Caffe ms | PyTorch ms | Caffe speed / PyTorch | per repetition | at 1 / 2 threads each |",
+        "|---|---|---|---|---|---|",
     ]
     for c in cases:
         r = s[c]
         lines.append(
             f"| {c} | {r['caffe_ms']} | {r['torch_ms']} | "
             f"**{r['caffe_speed_over_torch']}×** | "
-            f"{', '.join(map(str, r['ratio_per_rep']))} |")
-    lines += ["", "Medians over the repetitions of each side's median "
-              "iteration; the ratio is PyTorch's time over Caffe's within a "
-              "repetition (above 1: Caffe is faster). small_train_b32 takes "
-              "each side at its best thread count "
-              f"(Caffe: {', '.join(s['small_train_b32']['caffe_best'])}; "
-              f"PyTorch: {', '.join(s['small_train_b32']['torch_best'])})."
-              if "small_train_b32" in s else "", ""]
+            f"{', '.join(map(str, r['ratio_per_rep']))} | "
+            f"{' / '.join(str(v) for v in r['ratio_at_equal_threads'].values())} |")
+    lines += ["", "Times: medians over the repetitions of each side's "
+              "median iteration. Ratio: PyTorch's time over Caffe's (above 1: "
+              "Caffe is faster), each side at its best thread count in that "
+              "repetition; the last column compares equal thread counts "
+              "(the median over alternating pairs of iterations). Best "
+              "thread counts:"] + [
+              f"{c}: Caffe {', '.join(s[c]['caffe_best'])}; PyTorch "
+              f"{', '.join(s[c]['torch_best'])}." for c in cases] + [""]
     return "\n".join(lines)
 
 

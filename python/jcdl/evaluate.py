@@ -15,7 +15,8 @@ import numpy as np
 
 from . import metrics
 from .errors import JcdlError
-from .files import check_output_file, output_folder
+from .files import (atomic_output, check_output_file, claim_outputs,
+                    output_folder)
 from .lists import read_distributions, write_distributions
 from .predict import (db_samples, list_samples, model_from_args, net_args)
 
@@ -63,8 +64,13 @@ def find_run(folder):
     from .caffenet import caffe_pb2, net_layers, read_text_proto  # noqa
     from .train import snapshot_prefix  # noqa: PLC0415
     folder = Path(folder)
+    if not (folder / "solver.prototxt").is_file():
+        raise JcdlError(folder, "not a run folder (no solver.prototxt: "
+                        "make one with jcdl netgen --out)")
+    # where training ran: here, an ancestor of the folder, or of here
     bases = [Path(".")] + [Path(os.path.normpath(folder / ("../" * i)))
-                           for i in range(len(folder.parts) + 1)]
+                           for i in range(len(folder.parts) + 1)] + \
+        list(Path.cwd().parents)
 
     def resolve(path):
         path = Path(path)
@@ -193,6 +199,8 @@ def write_evaluation(ev, out_dir):
     distributions.png in out_dir; returns the summary."""
     from . import plot  # noqa: PLC0415
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise JcdlError(out_dir, "exists and is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     write_distributions(out_dir / "predictions.txt", ev.names, ev.Q)
     result = metrics.write_reports(out_dir, ev.P, ev.Q, ev.classes)
@@ -220,6 +228,12 @@ def _check_outputs(args):
 
 def cmd_evaluate(args):
     _check_outputs(args)
+    # the outputs claimed first: another run writing them is refused
+    with claim_outputs(args.out, args.predictions):
+        _cmd_evaluate(args)
+
+
+def _cmd_evaluate(args):
     if args.db is None and (args.list is None or args.root is None):
         raise JcdlError("evaluate", "give --db DB, or --list LIST and "
                         "--root ROOT")
@@ -245,11 +259,14 @@ def cmd_evaluate(args):
     if args.out is None:
         if args.predictions is not None:
             write_distributions(args.predictions, ev.names, ev.Q)
-    else:   # the predictions file only once the folder is written
+    elif args.predictions is None:
         with output_folder(args.out) as tmp:
             write_evaluation(ev, tmp)
-            if args.predictions is not None:
-                write_distributions(args.predictions, ev.names, ev.Q)
+    else:   # the predictions file renamed only once the folder is in place
+        with atomic_output(args.predictions) as predictions, \
+                output_folder(args.out) as tmp:
+            write_evaluation(ev, tmp)
+            write_distributions(predictions, ev.names, ev.Q)
     if info:
         how = f" by the prior '{info['prior']}'" if info.get("prior") else ""
         print(f"jcdl evaluate: single-label ground truth: accuracy "

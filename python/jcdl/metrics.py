@@ -64,9 +64,18 @@ FORMS = (("kl", "KL ↓"), ("chebyshev", "Chebyshev ↓"),
          ("accuracy", "Accuracy ↑ (dominant emotion)"))
 
 
+PUBLISHED_K = {"flickr_ldl": 8, "twitter_ldl": 8, "emotion6": 7}
+
+
 def published_rows(result, dataset=None):
     """Rows {measure, ours, published} of a summary in both forms, beside
     the numbers published for ``dataset`` ("—" where there are none)."""
+    if dataset is not None and dataset not in PUBLISHED:
+        raise ValueError(f"no published numbers for '{dataset}': "
+                         + ", ".join(PUBLISHED))
+    if dataset is not None and result.get("k") != PUBLISHED_K[dataset]:
+        raise ValueError(f"{dataset} has {PUBLISHED_K[dataset]} emotions, "
+                         f"but these results {result.get('k')}")
     published = PUBLISHED.get(dataset, {})
     return [{"measure": label, "ours": result[key],
              "published": published.get(key, "—")} for key, label in FORMS]
@@ -83,9 +92,18 @@ def per_sample(P, Q):
     """Each measure for each sample: dict of (n,) float64 arrays."""
     P = np.asarray(P, dtype=np.float64)
     Q = np.asarray(Q, dtype=np.float64)
-    if P.shape != Q.shape or P.ndim != 2:
-        raise ValueError(f"P and Q must have the same (n, K) shape, "
-                         f"not {P.shape} and {Q.shape}")
+    if P.shape != Q.shape or P.ndim != 2 or not P.size:
+        raise ValueError(f"P and Q must have the same (n, K) shape, n and "
+                         f"K at least 1, not {P.shape} and {Q.shape}")
+    for name, X in (("P", P), ("Q", Q)):
+        if not (np.all(np.isfinite(X)) and np.all(X >= 0)):
+            raise ValueError(f"{name} holds values that are negative or not "
+                             "finite: the measures compare distributions")
+        worst = np.abs(X.sum(axis=1) - 1).max()
+        if worst > 1e-3:
+            raise ValueError(f"a row of {name} sums to {1 + worst:g} or "
+                             f"{1 - worst:g}, not 1: divide each row by its "
+                             "sum first (jcdl score does)")
     diff = np.abs(P - Q)
     total = P + Q
     support = P > 0  # 0 * log 0 = 0: only these terms count
@@ -246,8 +264,12 @@ def cmd_score(args):
     _, P, Q = match_by_name(args.gt, args.pred)
     names = (read_classes(args.classes, P.shape[1]) if args.classes
              else default_classes(P.shape[1]))
-    result = (write_reports(args.out, P, Q, names) if args.out
-              else summary(P, Q))
+    if args.out:
+        from .files import output_folder  # noqa: PLC0415
+        with output_folder(args.out) as tmp:   # all the reports, or none
+            result = write_reports(tmp, P, Q, names)
+    else:
+        result = summary(P, Q)
     print(to_json(result))
 
 

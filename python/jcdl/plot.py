@@ -119,10 +119,12 @@ def write_series_csv(series, path):
 
 
 def save_figure(fig, path):
-    """Writes a figure as a PNG, atomically, and closes it."""
+    """Writes a figure atomically, as a PNG (or the format the name's
+    suffix says: .pdf, .svg ...), and closes it."""
     plt = _pyplot()
+    suffix = Path(path).suffix.lower().lstrip(".")
     with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+        fig.savefig(tmp, format=suffix or "png", dpi=100)
     plt.close(fig)
     return Path(path)
 
@@ -207,8 +209,11 @@ def plot_log(log_path, out_dir):
 
 
 def curves_figure(logs):
-    """Several runs overlaid ({label: log path}): their training loss and
+    """Several runs overlaid ({label: log path}, or a list of logs, each
+    labelled by its folder): their training loss and
     each test output (accuracy, kl, ... first)."""
+    if not isinstance(logs, dict):   # a list of logs: label by folder
+        logs = {Path(log).parent.name or str(log): log for log in logs}
     parsed = {label: parse_log(log) for label, log in logs.items()}
     names = {n for s in parsed.values() for n in s if n.startswith("test/")}
     order = {f"test/{n}": i for i, n in enumerate(_PREFERRED)}
@@ -306,8 +311,9 @@ def distributions_figure(names, P, Q, class_names, n=6, images=None):
 
 
 def histogram_figure(values, label="KL(p || q) per image", bins=30):
-    """A histogram of per-sample values (infinite ones left out, and
-    counted in the title)."""
+    """A histogram of per-sample values; values that are not finite (an
+    infinite KL) cannot be drawn and are counted in the title, with the
+    mean over all (infinite when one is)."""
     values = np.asarray(values, np.float64)
     finite = values[np.isfinite(values)]
     plt = _pyplot()
@@ -315,9 +321,11 @@ def histogram_figure(values, label="KL(p || q) per image", bins=30):
     ax.hist(finite, bins=bins)
     ax.set_xlabel(label)
     ax.set_ylabel("images")
-    dropped = len(values) - len(finite)
-    ax.set_title(f"{label}: mean {finite.mean():.4f}" if len(finite) else
-                 label + (f" ({dropped} infinite)" if dropped else ""))
+    title = f"{label}: mean {values.mean():.4f}" if len(values) and \
+        not np.isnan(values).any() else label
+    if len(finite) < len(values):
+        title += f" ({len(values) - len(finite)} not finite, not drawn)"
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

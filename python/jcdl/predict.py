@@ -86,18 +86,27 @@ def output_count(net):
 
 class Preprocessor:
     """Caffe's TEST-phase transform for a net input of shape (C, H, W), an
-    optional mean image (C, Hm, Wm) and the optional (H, W) images were
-    stored at (``size``)."""
+    optional mean: an image (C, Hm, Wm), or one value per channel (C,) as
+    ``mean_value`` gives, and the optional (H, W) images were stored at
+    (``size``)."""
 
     def __init__(self, shape, mean=None, size=None):
         self.shape = tuple(shape)
         self.mean = None if mean is None else np.asarray(mean, np.float32)
+        if self.mean is not None and self.mean.ndim == 1:
+            self.mean = self.mean[:, None, None]   # per channel
+        if self.mean is not None and self.mean.ndim != 3:
+            raise ValueError(f"the mean has shape {self.mean.shape}: give "
+                             "(C, H, W) or one value per channel (C,)")
+        self.per_channel = self.mean is not None and \
+            self.mean.shape[1:] == (1, 1)
         self.size = None if size is None else tuple(size)
         if self.mean is not None and self.mean.shape[0] != self.shape[0]:
             raise ValueError(f"the mean has {self.mean.shape[0]} channels, "
                              f"the net input {self.shape[0]}")
-        if self.mean is not None and (self.mean.shape[1] < self.shape[1] or
-                                      self.mean.shape[2] < self.shape[2]):
+        if self.mean is not None and not self.per_channel and (
+                self.mean.shape[1] < self.shape[1] or
+                self.mean.shape[2] < self.shape[2]):
             raise ValueError(f"the mean is {self.mean.shape[1]}x"
                              f"{self.mean.shape[2]} (HxW), smaller than the "
                              f"net input {self.shape[1]}x{self.shape[2]}: "
@@ -107,8 +116,8 @@ class Preprocessor:
             raise ValueError(f"--resize {self.size[0]} {self.size[1]} is "
                              f"smaller than the net input {self.shape[1]}x"
                              f"{self.shape[2]} (HxW)")
-        if self.mean is not None and self.size is not None and \
-                self.mean.shape[1:] != self.size:
+        if self.mean is not None and not self.per_channel and \
+                self.size is not None and self.mean.shape[1:] != self.size:
             raise ValueError(f"the mean is {self.mean.shape[1]}x"
                              f"{self.mean.shape[2]} (HxW), but --resize "
                              f"says {self.size[0]}x{self.size[1]}")
@@ -118,8 +127,8 @@ class Preprocessor:
         """(H, W) that images read from files are resized to."""
         if self.size is not None:
             return self.size
-        return (self.mean.shape[1:] if self.mean is not None
-                else self.shape[1:])
+        return (self.mean.shape[1:] if self.mean is not None and
+                not self.per_channel else self.shape[1:])
 
     def load(self, path):
         """An image file as H x W x C uint8 BGR (grey for 1-channel nets),
@@ -170,7 +179,7 @@ class Preprocessor:
             raise JcdlError(name, f"{x.shape[0]} channels, but the net "
                             f"takes {C}")
         if self.mean is not None:
-            if x.shape != self.mean.shape:
+            if x.shape != self.mean.shape and not self.per_channel:
                 raise JcdlError(name, f"image of {x.shape[2]}x{x.shape[1]}, "
                                 f"but the mean is {self.mean.shape[2]}x"
                                 f"{self.mean.shape[1]}")
@@ -216,11 +225,25 @@ class Model:
             return self.prep.load(image)
         if isinstance(image, (bytes, bytearray, memoryview)):
             return self.prep.decode(image, name or "image")
-        return self.prep.resize(np.asarray(image), name or "image")
+        img = np.asarray(image)
+        if img.dtype != np.uint8:
+            raise JcdlError(name or "image", f"{img.dtype} values: give uint8 "
+                            "BGR images (0-255, as OpenCV reads them); "
+                            "caffe.io.load_image's RGB floats in [0, 1] are "
+                            "(img[:, :, ::-1] * 255).round().astype('uint8')")
+        if img.ndim not in (2, 3):
+            raise JcdlError(name or "image", f"an array of shape {img.shape}:"
+                            " give H x W x C images (a list of them)")
+        return self.prep.resize(img, name or "image")
 
     def predict(self, images, batch=32, names=None):
         """Emotion distributions, float64 (n, K), of images (paths, bytes of
         image files or BGR arrays; see ``image``), ``batch`` at a time."""
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, not {batch}")
+        if isinstance(images, (str, os.PathLike, bytes)) or (
+                isinstance(images, np.ndarray) and images.ndim < 4):
+            images = [images]          # one image, not a sequence of them
         images = list(images)
         names = names or [str(im) if isinstance(im, (str, os.PathLike))
                           else f"image {i}" for i, im in enumerate(images)]
@@ -243,7 +266,11 @@ class Model:
         return np.concatenate(outs) if outs else np.zeros((0, self.K))
 
     def _forward(self, inputs):
-        Q = forward(self.net, np.stack(inputs))
+        batch = np.stack(inputs)
+        if not np.all(np.isfinite(batch)):
+            raise JcdlError(self.model_path, "an input image holds values "
+                            "that are not finite (NaN or inf)")
+        Q = forward(self.net, batch)
         if not (np.all(Q >= 0) and np.allclose(Q.sum(axis=1), 1, atol=1e-3)):
             raise JcdlError(self.model_path, f"output '{self.net.outputs[-1]}'"
                             " is not a distribution per image: end the "
@@ -253,6 +280,8 @@ class Model:
     def records(self, names, Q):
         """What ``jcdl predict`` prints, one dict per image: ``image``,
         ``distribution`` ({emotion: q}) and ``dominant``."""
+        if len(names) != len(Q):
+            raise ValueError(f"{len(names)} names for {len(Q)} predictions")
         return [{"image": str(name),
                  "distribution": {c: float(v) for c, v in
                                   zip(self.classes, q)},
@@ -284,7 +313,7 @@ def load_model(model, weights, mean=None, resize=None, classes=None,
         prep = Preprocessor(input_shape(net), mean_arr, resize)
     except ValueError as e:
         where = model if mean is None or str(e).startswith("--resize") \
-            else mean
+            else "mean" if isinstance(mean, np.ndarray) else mean
         raise JcdlError(where, str(e)) \
             from None
     return Model(net, names, prep, model, weights)
@@ -331,6 +360,9 @@ def sample_images(names, db=None, root=None):
         for name, img, _ in db_samples(db):
             if name in wanted:
                 found[name] = img
+        missing = [n for n in names if n not in found]
+        if missing:
+            raise JcdlError(db, f"no record named '{missing[0]}'")
         return [found[n] for n in names]
     with quiet_opencv():
         return [imread(image_path(root, n), cv2.IMREAD_COLOR)

@@ -23,6 +23,7 @@ What it adds to ``caffe train``:
 Paths inside the solver and the nets are relative to the working directory,
 as with ``caffe train``.
 """
+import errno
 import math
 import os
 import shlex
@@ -39,7 +40,8 @@ import numpy as np
 from google.protobuf import text_format
 
 from .errors import JcdlError
-from .files import check_output_file, make_folder_for
+from .files import (WRITE_ERRNOS, check_output_file, claim_outputs,
+                    make_folder_for)
 from .caffenet import (caffe_pb2, check_weights, cuda_libraries, import_caffe,
                        read_caffemodel, use_device)
 from .checks import (check_history, check_net, read_solver, read_solverstate,
@@ -257,8 +259,14 @@ class _Trainer:
         index_out = self.log_outputs("Test", "solver.cpp:414", net, {
             name: total / self.param.test_iter[index]
             for name, total in sums.items()})
-        if P:
-            values = summary(np.concatenate(P), np.concatenate(Q))
+        try:   # labels that are not distributions have no LDL measures
+            values = summary(np.concatenate(P), np.concatenate(Q)) \
+                if P else None
+        except ValueError as e:
+            self.log.line("W", "solver.cpp:414", f"    no LDL measures: "
+                          f"the labels are not distributions ({e})")
+            values = None
+        if values is not None:
             for name in MEASURES + ("accuracy",):
                 shown = f"ldl_{name}" if name in net.outputs else name
                 self.log.info("solver.cpp:414", f"    Test net output "
@@ -466,7 +474,7 @@ def train(solver_path, weights=None, gpu=None, resume=None, log=None,
         except OSError as e:
             raise JcdlError(folder, "cannot write snapshots here "
                             f"({e.strerror})") from None
-        with temporary as tmp:
+        with temporary as tmp, claim_outputs(log, prefix):
             tmp_prefix = os.path.join(tmp, "snapshot")
             copy = pb.SolverParameter()
             copy.CopyFrom(param)
@@ -475,7 +483,12 @@ def train(solver_path, weights=None, gpu=None, resume=None, log=None,
             copy.test_interval, copy.test_initialization = 2 ** 31 - 1, False
             copy.snapshot_prefix = tmp_prefix
             copy_path = os.path.join(tmp, "solver.prototxt")
-            Path(copy_path).write_text(text_format.MessageToString(copy))
+            try:
+                Path(copy_path).write_text(
+                    text_format.MessageToString(copy))
+            except OSError as e:
+                raise JcdlError(folder, "cannot write snapshots here "
+                                f"({e.strerror})") from None
             logger.info("caffe.cpp:218", f"Using {device}")
             solver = caffe.get_solver(copy_path)
             for w, model in models:
@@ -500,6 +513,12 @@ def train(solver_path, weights=None, gpu=None, resume=None, log=None,
                 solver.restore(str(resume_from))
             trainer = _Trainer(solver, param, solver_path, prefix,
                                tmp_prefix, tests, logger)
+            if not trainer.reserve():
+                free = os.statvfs(folder)
+                raise JcdlError(folder, "no room for a snapshot (No space "
+                                f"left on device: {trainer.room_needed()} "
+                                f"bytes needed, {free.f_bavail * free.f_frsize}"
+                                " free): make room, or snapshot elsewhere")
             if state is not None:
                 trainer.last_snapshot = (solver.iter, str(learned), resume)
             logger.start_file()
@@ -507,7 +526,7 @@ def train(solver_path, weights=None, gpu=None, resume=None, log=None,
             logger.info("solver.cpp:290",
                         f"Learning Rate Policy: {param.lr_policy}")
             model = _train_loop(trainer, param, solver_path, gpu, log,
-                                progress)
+                                progress, say_resume=not interrupt_raises)
             if trainer.stop and interrupt_raises:
                 raise KeyboardInterrupt
             return model
@@ -515,42 +534,66 @@ def train(solver_path, weights=None, gpu=None, resume=None, log=None,
         logger.close()
 
 
-def _train_loop(trainer, param, solver_path, gpu, log, progress):
+# the signals that stop training with a snapshot, as Ctrl-C does: SIGTERM
+# (kill, a job scheduler, systemd) and SIGHUP (the terminal closed; the
+# stock caffe snapshots and goes on, by its -sighup_effect)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _train_loop(trainer, param, solver_path, gpu, log, progress,
+                say_resume=True):
     solver = trainer.solver
-    previous = None
+    previous = {}
     main = threading.current_thread() is threading.main_thread()
 
-    def on_sigint(signum, frame):
+    def on_signal(signum, frame):
         if trainer.stop:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
         trainer.stop = True
 
     if main:
-        previous = signal.signal(signal.SIGINT, on_sigint)
+        for sig in STOP_SIGNALS:
+            previous[sig] = signal.signal(sig, on_signal)
     try:
         trainer.run(progress)
+        if trainer.log.failed:
+            trainer.fail(*trainer.log.failed)
         last = trainer.last_snapshot
         if (trainer.stop or param.snapshot_after_train) and \
                 (last is None or last[0] != solver.iter):
             trainer.snapshot()
     finally:
-        if main:
-            signal.signal(signal.SIGINT, previous)
-    if trainer.last_snapshot is None:
-        return None
-    _, model, state = trainer.last_snapshot
-    if trainer.stop:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    command = None
+    if trainer.last_snapshot is not None:
         command = ["jcdl", "train", "--solver", solver_path,
-                   "--resume", str(state)]
+                   "--resume", str(trainer.last_snapshot[2])]
         if gpu is not None:
             command += ["--gpu", str(gpu)]
         if log:
             command += ["--log", str(log)]
+        command = " ".join(shlex.quote(c) for c in command)
+    if trainer.failure:
+        path, why = trainer.failure
+        trainer.log.line("E", "solver.cpp:311", f"{path}: cannot write "
+                         f"({why}): optimization stopped.")
+        what = "stopped"
+        if command and say_resume:   # (a caller that trains more says)
+            what += (f" at iteration {trainer.last_snapshot[0]}, its "
+                     f"snapshot kept; make room, then resume with: "
+                     f"{command}")
+        elif not command:
+            what += ", with no snapshot"
+        raise JcdlError(path, f"cannot write ({why}): training {what}")
+    if trainer.last_snapshot is None:
+        return None
+    if trainer.stop:
         trainer.log.info("solver.cpp:311", "Optimization stopped early.")
-        print(f"jcdl train: interrupted at iteration {solver.iter}; resume "
-              f"with:\n  {' '.join(shlex.quote(c) for c in command)}",
-              file=sys.stderr)
-    return model
+        if say_resume:
+            print(f"jcdl train: interrupted at iteration {solver.iter}; "
+                  f"resume with:\n  {command}", file=sys.stderr)
+    return trainer.last_snapshot[1]
 
 
 def _run(args):

@@ -72,8 +72,11 @@ def _check_settings(out, settings):
             from None
     for key, value in settings.items():
         if old.get(key) != value:
+            def shown(v):
+                return "the default" if v is None else repr(v)
             raise JcdlError(path, f"OUT was made with other settings ({key}: "
-                            f"{old.get(key)!r} there, {value!r} now): rerun "
+                            f"{shown(old.get(key))} there, {shown(value)} "
+                            "now): rerun "
                             "with those, or choose another OUT")
     return True
 
@@ -355,9 +358,10 @@ def cmd_reproduce(args):
                   classes=args.classes, prior=args.prior, sigma=args.sigma)
     head = "accuracy" if s["ground_truth"] == "single_label" else "kl"
     m, sd = s["mean"][head], s["std"][head]
+    also = "" if head == "accuracy" else (
+        f", accuracy {_cell(s['mean']['accuracy'], s['std']['accuracy'])}")
     print(f"{Path(args.out) / 'summary.json'}: {s['splits']} split(s), "
-          f"{head} {_cell(m, sd)}, accuracy "
-          f"{_cell(s['mean']['accuracy'], s['std']['accuracy'])}")
+          f"{head} {_cell(m, sd)}{also}")
 
 
 def register(sub):

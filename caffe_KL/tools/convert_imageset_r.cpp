@@ -11,7 +11,11 @@
 // the image is stored as in convert_imageset (raw BGR bytes or encoded).
 
 #include <fcntl.h>
+#include <lmdb.h>
+#include <signal.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -30,6 +34,8 @@
 #include "boost/scoped_ptr.hpp"
 #include "gflags/gflags.h"
 #include "glog/logging.h"
+#include "leveldb/db.h"
+#include "leveldb/write_batch.h"
 
 #include "caffe/proto/caffe.pb.h"
 #include "caffe/util/db.hpp"
@@ -234,15 +240,144 @@ void image_to_datum(const Entry& e, const string& list, const string& path,
   datum->set_label(0);  // unused: the label is the distribution
 }
 
+#endif  // USE_OPENCV
+
+// A write that failed: one line naming the DB (LMDB says EIO for a short
+// write, which is the disk filling up).
+void write_failed(const string& db, const string& why, int code) {
+  struct statvfs st;
+  const string dir = boost::filesystem::absolute(db).parent_path().string();
+  if (code == ENOSPC || (code == EIO && statvfs(dir.c_str(), &st) == 0 &&
+      static_cast<double>(st.f_bavail) * st.f_frsize < (1 << 20))) {
+    fail(db, 0, string("cannot write (") + strerror(ENOSPC) + ")");
+  }
+  fail(db, 0, "cannot write (" + why + ")");
+}
+
+// The DB written with LMDB's and LevelDB's own calls, every result
+// checked: Caffe's db classes CHECK-abort on any error (a full disk),
+// leaving a partial DB behind; here it is one line, and main() removes
+// the partial DB. The same files as Caffe's classes write.
+class Writer {
+ public:
+  virtual ~Writer() {}
+  virtual void Put(const string& key, const string& value) = 0;
+  virtual void Commit() = 0;
+  virtual void Close() = 0;
+};
+
+class LmdbWriter : public Writer {
+ public:
+  LmdbWriter(const string& path, const string& name)
+      : name_(name), env_(NULL) {
+    if (mkdir(path.c_str(), 0744) != 0) write_failed(name, strerror(errno),
+                                                     errno);
+    // LMDB maps its lock.mdb and writes into the map: on a full disk that
+    // kills the process (SIGBUS), so its room is taken first
+    const string lock = path + "/lock.mdb";
+    const int fd = open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    const int rc = fd < 0 ? errno : posix_fallocate(fd, 0, 8192);
+    if (fd >= 0) close(fd);
+    if (rc != 0) write_failed(name, strerror(rc), rc);
+    check(mdb_env_create(&env_));
+    check(mdb_env_open(env_, path.c_str(), 0, 0664));
+  }
+  ~LmdbWriter() { if (env_) mdb_env_close(env_); }
+  void Put(const string& key, const string& value) {
+    keys_.push_back(key);
+    values_.push_back(value);
+  }
+  void Commit() {
+    for (;;) {
+      MDB_txn* txn;
+      MDB_dbi dbi;
+      check(mdb_txn_begin(env_, NULL, 0, &txn));
+      int rc = mdb_dbi_open(txn, NULL, 0, &dbi);
+      for (size_t i = 0; rc == 0 && i < keys_.size(); ++i) {
+        MDB_val key, data;
+        key.mv_size = keys_[i].size();
+        key.mv_data = const_cast<char*>(keys_[i].data());
+        data.mv_size = values_[i].size();
+        data.mv_data = const_cast<char*>(values_[i].data());
+        rc = mdb_put(txn, dbi, &key, &data, 0);
+      }
+      if (rc == 0) {
+        rc = mdb_txn_commit(txn);  // frees txn, whatever it returns
+      } else {
+        mdb_txn_abort(txn);
+      }
+      if (rc != MDB_MAP_FULL) {
+        check(rc);
+        break;
+      }
+      MDB_envinfo info;  // as Caffe: double the map and retry
+      check(mdb_env_info(env_, &info));
+      check(mdb_env_set_mapsize(env_, info.me_mapsize * 2));
+    }
+    keys_.clear();
+    values_.clear();
+  }
+  void Close() {
+    check(mdb_env_sync(env_, 1));
+    mdb_env_close(env_);
+    env_ = NULL;
+  }
+
+ private:
+  void check(int rc) {
+    if (rc != 0) write_failed(name_, mdb_strerror(rc), rc);
+  }
+  string name_;
+  MDB_env* env_;
+  std::vector<string> keys_, values_;
+};
+
+class LeveldbWriter : public Writer {
+ public:
+  LeveldbWriter(const string& path, const string& name)
+      : name_(name), db_(NULL) {
+    leveldb::Options options;  // Caffe's
+    options.block_size = 65536;
+    options.write_buffer_size = 268435456;
+    options.max_open_files = 100;
+    options.error_if_exists = true;
+    options.create_if_missing = true;
+    check(leveldb::DB::Open(options, path, &db_));
+  }
+  ~LeveldbWriter() { delete db_; }
+  void Put(const string& key, const string& value) { batch_.Put(key, value); }
+  void Commit() {
+    check(db_->Write(leveldb::WriteOptions(), &batch_));
+    batch_.Clear();
+  }
+  void Close() {
+    delete db_;
+    db_ = NULL;
+  }
+
+ private:
+  void check(const leveldb::Status& status) {
+    if (!status.ok()) {
+      const string why = status.ToString();
+      write_failed(name_, why, why.find(strerror(ENOSPC)) != string::npos ?
+                   ENOSPC : 0);
+    }
+  }
+  string name_;
+  leveldb::DB* db_;
+  leveldb::WriteBatch batch_;
+};
+
+#ifdef USE_OPENCV
 void convert(const std::vector<Entry>& entries, const string& list,
-             const string& root, const string& db_path) {
+             const string& root, const string& db_path, const string& name) {
   const bool is_color = !FLAGS_gray;
   const int resize_height = std::max<int>(0, FLAGS_resize_height);
   const int resize_width = std::max<int>(0, FLAGS_resize_width);
   const bool encoded = FLAGS_encoded || !FLAGS_encode_type.empty();
-  scoped_ptr<db::DB> db(db::GetDB(FLAGS_backend));
-  db->Open(db_path, db::NEW);
-  scoped_ptr<db::Transaction> txn(db->NewTransaction());
+  scoped_ptr<Writer> txn(FLAGS_backend == "lmdb" ?
+                         static_cast<Writer*>(new LmdbWriter(db_path, name)) :
+                         new LeveldbWriter(db_path, name));
   Datum datum;
   size_t data_size = 0;
   for (size_t i = 0; i < entries.size(); ++i) {
@@ -267,15 +402,81 @@ void convert(const std::vector<Entry>& entries, const string& list,
     txn->Put(caffe::format_int(i, 8) + "_" + e.path, out);
     if ((i + 1) % 1000 == 0) {
       txn->Commit();
-      txn.reset(db->NewTransaction());
       std::cerr << "convert_imageset_r: processed " << i + 1 << " of "
                 << entries.size() << " images" << std::endl;
     }
   }
   txn->Commit();
-  db->Close();
+  txn->Close();
 }
 #endif  // USE_OPENCV
+
+// The claim on writing DB_NAME: an flock on .NAME.lock beside it, as jcdl
+// takes it (jcdl.files.claim), so a second writer, ours or jcdl's, is
+// refused; the kernel releases it when the process ends, however it ends.
+struct Claim {
+  string path;
+  int fd;
+  Claim() : fd(-1) {}
+  ~Claim() {
+    if (fd >= 0) {
+      unlink(path.c_str());
+      close(fd);
+    }
+  }
+  void take(const string& lock, const string& db) {
+    for (;;) {
+      const int f = open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+      if (f < 0) fail(db, 0, string("cannot write (") + strerror(errno) +
+                      ")");
+      if (flock(f, LOCK_EX | LOCK_NB) != 0) {
+        char holder[32] = {0};
+        const ssize_t n = pread(f, holder, sizeof(holder) - 1, 0);
+        close(f);
+        string pid(holder, n > 0 ? n : 0);
+        pid.erase(pid.find_last_not_of(" \n") + 1);
+        fail(db, 0, "another process" + (pid.empty() ? string() :
+             " (PID " + pid + ")") + " is writing it now: wait for it to "
+             "finish, or write elsewhere");
+      }
+      struct stat held, named;  // its last holder may have removed it
+      if (fstat(f, &held) == 0 && stat(lock.c_str(), &named) == 0 &&
+          held.st_ino == named.st_ino && held.st_dev == named.st_dev) {
+        path = lock;
+        fd = f;
+        std::ostringstream pid;
+        pid << getpid() << "\n";
+        if (ftruncate(fd, 0) == 0 &&
+            pwrite(fd, pid.str().data(), pid.str().size(), 0) < 0) {
+          // a full disk: the lock holds without the PID in it
+        }
+        return;
+      }
+      close(f);
+    }
+  }
+};
+
+// Removes the .NAME.partial-PID folders that runs killed before they
+// completed left in FOLDER (their process is gone).
+void remove_stale_partials(const boost::filesystem::path& folder,
+                           const string& name) {
+  const string prefix = "." + name + ".partial-";
+  boost::system::error_code error;
+  boost::filesystem::directory_iterator it(folder, error), end;
+  for (; !error && it != end; it.increment(error)) {
+    const string entry = it->path().filename().string();
+    if (entry.compare(0, prefix.size(), prefix) != 0) continue;
+    const string pid = entry.substr(prefix.size());
+    if (pid.empty() || pid.find_first_not_of("0123456789") != string::npos)
+      continue;
+    const long value = atol(pid.c_str());
+    if (value != getpid() && kill(value, 0) != 0 && errno == ESRCH) {
+      boost::system::error_code ignored;
+      boost::filesystem::remove_all(it->path(), ignored);
+    }
+  }
+}
 
 }  // namespace
 
@@ -313,9 +514,15 @@ int main(int argc, char** argv) {
   while (db_path.size() > 1 && db_path[db_path.size() - 1] == '/') {
     db_path.erase(db_path.size() - 1);  // "db/" names the folder db
   }
+  // written as .NAME.partial-PID beside it, renamed when complete
+  const boost::filesystem::path db_name(db_path);
+  const string name = db_name.filename().string();
+  const boost::filesystem::path folder = db_name.has_parent_path() ?
+      db_name.parent_path() : boost::filesystem::path(".");
   std::ostringstream tmp;
-  tmp << db_path << ".partial-" << getpid();
+  tmp << (folder / ("." + name + ".partial-")).string() << getpid();
   const string tmp_path = tmp.str();
+  Claim claim;
   try {
     if (db_path.empty()) fail("DB_NAME", 0, "is empty: name the DB");
     if (boost::filesystem::exists(db_path) ||
@@ -356,13 +563,19 @@ int main(int argc, char** argv) {
       fail(db_path, 0, "cannot make its folder " + parent.string() + " (" +
            why + ")");
     }
+    claim.take((folder / ("." + name + ".lock")).string(), db_path);
+    if (boost::filesystem::exists(db_path) ||
+        boost::filesystem::is_symlink(db_path)) {  // written meanwhile
+      fail(db_path, 0, "already exists; remove it or choose another name");
+    }
+    remove_stale_partials(folder, name);
     boost::filesystem::remove_all(tmp_path);
     if (mkdir(tmp_path.c_str(), 0755) != 0) {
       fail(db_path, 0, string("cannot write here (") + strerror(errno) +
            ")");
     }
     rmdir(tmp_path.c_str());
-    convert(entries, list, root, tmp_path);
+    convert(entries, list, root, tmp_path, db_path);
     boost::filesystem::rename(tmp_path, db_path);
     std::cerr << "convert_imageset_r: wrote " << entries.size()
               << " images with " << entries[0].dist.size()

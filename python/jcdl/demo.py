@@ -15,7 +15,10 @@ image's dominant emotion alone through the paper's two priors (the
 single-label extension, jcdl.priors), scored against the real votes.
 """
 import os
+import re
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,7 +28,8 @@ import numpy as np
 from . import (datasets, evaluate, lmdbio, metrics, netgen, plot, predict,
                priors, train)
 from .errors import JcdlError, int_arg
-from .files import output_folder, output_path, remove
+from .files import (claim, output_folder, output_path, pid_alive, remove,
+                    write_text)
 from .lists import read_distributions, write_distributions
 
 VARIANTS = {"jcdl": "jcdl", "kl_only": "kl", "softmax_only": "softmax"}
@@ -71,17 +75,48 @@ def make_dataset(root, n=800, size=36, annotators=11, seed=0):
     for i in range(n):
         scene = i % len(truth)
         name = f"img_{i:04d}.jpg"
-        cv2.imwrite(str(root / "images" / name), draw(scene, size, rng),
-                    [cv2.IMWRITE_JPEG_QUALITY, 95])
+        _, jpg = cv2.imencode(".jpg", draw(scene, size, rng),
+                              [cv2.IMWRITE_JPEG_QUALITY, 95])
+        path = root / "images" / name
+        try:
+            path.write_bytes(jpg.tobytes())
+        except OSError as e:   # a full disk: the file named
+            raise JcdlError(path, f"cannot write ({e.strerror})") from None
         votes = rng.multinomial(annotators, truth[scene])
         lines.append(name + " " + " ".join(str(v) for v in votes))
-    (root / "votes.txt").write_text("\n".join(lines) + "\n")
+    write_text(root / "votes.txt", "\n".join(lines) + "\n")
     return truth
+
+
+def _earlier(out, pid):
+    """Where a run (process pid) keeps the earlier demo of OUT aside."""
+    return out.with_name(f".{out.name}.earlier-{pid}")
+
+
+def _recover(out):
+    """After a run that was killed (SIGKILL, a crash): the earlier demo it
+    had set aside goes back to OUT, unless that run had completed (OUT has
+    its report), whose earlier demo is then removed."""
+    pattern = re.compile(re.escape(f".{out.name}.earlier-") + r"(\d+)")
+    for aside in sorted(out.parent.glob(f".{out.name}.earlier-*")):
+        m = pattern.fullmatch(aside.name)
+        if not m or pid_alive(int(m.group(1))):
+            continue
+        if (out / MARKER).exists() and (out / "report.md").exists():
+            remove(aside)
+            continue
+        if out.exists() and not (out / MARKER).exists() and \
+                any(out.iterdir()):
+            continue   # not a demo's: the user's, left alone
+        remove(out)
+        os.replace(aside, out)
+        say(f"put back the earlier demo at {out} (a run there was killed)")
 
 
 def _set_aside(out):
     """Moves an earlier demo at OUT aside (returned, to restore if this run
     fails); OUT with other content is refused."""
+    _recover(out)
     if not out.exists():
         return None
     if not out.is_dir():
@@ -90,10 +125,14 @@ def _set_aside(out):
     if not (out / MARKER).exists() and any(out.iterdir()):
         raise JcdlError(out, "exists and is not an earlier demo's "
                         "folder; choose another --out")
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    old = _earlier(out, os.getpid())
     remove(old)
     os.replace(out, old)
     return old
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def say(text):
@@ -111,10 +150,24 @@ def run_demo(out, iterations=600, n_images=800, seed=0):
         raise JcdlError("--images", f"must be at least {MIN_IMAGES} (two "
                         f"of each scene), not {n_images}")
     out = output_path(out)
+    # SIGTERM and SIGHUP as Ctrl-C: the earlier demo is put back (while a
+    # variant trains, its snapshot comes first)
+    main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, _interrupt)
+                for sig in (signal.SIGTERM, signal.SIGHUP)} if main else {}
+    try:
+        with claim(out):   # a second demo into OUT is refused
+            return _replace(out, iterations, n_images, seed)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _replace(out, iterations, n_images, seed):
     old = _set_aside(out)
     try:
         out.mkdir(parents=True)
-        (out / MARKER).write_text("written by jcdl demo\n")
+        write_text(out / MARKER, "written by jcdl demo\n")
         results = _run(out, iterations, n_images, seed)
     except BaseException:
         remove(out)
@@ -174,8 +227,8 @@ def _run(out, iterations, n_images, seed):
         with output_folder(folder / "eval") as tmp:
             evaluate.write_evaluation(ev, tmp)
         results[variant] = ev.summary
-    (out / "metrics.json").write_text(metrics.to_json(results, indent=2)
-                                      + "\n")
+    write_text(out / "metrics.json", metrics.to_json(results, indent=2)
+               + "\n")
     plot.save_figure(plot.curves_figure(logs), out / "training_curves.png")
     ceiling = scene_ceiling(lists / "test.txt", truth)
     write_report(out, results, ceiling, iterations, n_images,
@@ -248,7 +301,7 @@ metrics, per-class table, confusion matrix). `metrics.json` holds all
 measures of the variants; `lists/train_priors.txt` the distributions
 `{PRIORS_VARIANT}` was trained on.
 """.replace("{PRIORS_VARIANT}", PRIORS_VARIANT)
-    (out / "report.md").write_text(text)
+    write_text(out / "report.md", text)
 
 
 def cmd_demo(args):

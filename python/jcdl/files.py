@@ -63,12 +63,9 @@ def pid_alive(pid):
 
 
 def lock_file(path):
-    """The lock file of an output: ``.NAME.lock`` beside it; inside an
-    existing folder that is written into, ``.jcdl.lock`` there. The C++
-    convert_imageset_r takes the same one."""
+    """The lock file of an output: ``.NAME.lock`` beside it (the C++
+    convert_imageset_r takes the same one)."""
     path = Path(path)
-    if path.is_dir() and not path.is_symlink():
-        return path / ".jcdl.lock"
     return path.with_name(f".{path.name}.lock")
 
 
@@ -93,6 +90,12 @@ def claim(path):
     while True:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except PermissionError:
+            if not path.is_dir() or lock.parent == path:
+                raise JcdlError(path, "cannot write (Permission denied)") \
+                    from None
+            lock = path / ".jcdl.lock"  # an existing folder, written into
+            continue
         except OSError as e:
             raise JcdlError(path, f"cannot write ({e.strerror})") from None
         try:

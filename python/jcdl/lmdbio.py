@@ -17,6 +17,7 @@ The list is validated like the C++ tool does, with its messages: every value
 a finite number >= 0 (C ``strtod`` syntax), every row the first row's count
 and a positive sum, every image present and decodable.
 """
+import errno
 import os
 import sys
 from collections import deque
@@ -185,8 +186,32 @@ def _ordered_map(fn, items, workers):
 
 def _write_db(path, records, map_size):
     """Writes (key, value) pairs into a new LMDB folder at path, committing
-    every 1000 records like Caffe; the map grows as needed."""
-    env = lmdb.open(str(path), map_size=map_size,
+    every 1000 records like Caffe; the map grows as needed. LMDB's own
+    errors (a full disk) are one line naming the DB."""
+    try:
+        _write_records(path, records, map_size)
+    except lmdb.Error as e:
+        why = str(e).rsplit(": ", 1)[-1]
+        try:   # LMDB says EIO for a short write: the disk filled up
+            st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+            if st.f_bavail * st.f_frsize < 1 << 20:
+                why = os.strerror(errno.ENOSPC)
+        except OSError:
+            pass
+        raise JcdlError(path, f"cannot write ({why})") from None
+
+
+def _write_records(path, records, map_size):
+    # LMDB maps its lock.mdb and writes into the map: on a full disk that
+    # kills the process (SIGBUS), so its room is taken first
+    os.makedirs(path, exist_ok=True)
+    fd = os.open(os.path.join(path, "lock.mdb"), os.O_RDWR | os.O_CREAT,
+                 0o644)
+    try:
+        os.posix_fallocate(fd, 0, 8192)
+    finally:
+        os.close(fd)
+    env = lmdb.open(os.fsencode(path), map_size=map_size,
                     subdir=True, sync=False, metasync=False, meminit=False)
     try:
         batch = []
@@ -271,7 +296,7 @@ def convert(root, list_path, db_path, resize_height=0, resize_width=0,
     results = _ordered_map(record, enumerate(entries), workers)
     bar = tqdm(total=len(entries), unit="img", desc="convert",
                file=sys.stderr, disable=not progress)
-    with quiet_opencv(), bar, atomic_output(db_path) as tmp:
+    with quiet_opencv(), bar, atomic_output(db_path, new=True) as tmp:
         _write_db(tmp, _counted(checked(results), bar),
                   max(1 << 28, len(entries) << 17))
     return len(entries)
@@ -579,10 +604,11 @@ def compute_mean(db_path, out_path, progress=True):
     blob.num = 1
     blob.channels, blob.height, blob.width = mean.shape
     blob.data.extend(mean.ravel().tolist())
-    with atomic_output(proto_path) as tmp:
+    # both or neither: the .npy is written, then both are renamed
+    with atomic_output(proto_path) as tmp, atomic_output(npy_path) as npy:
         Path(tmp).write_bytes(blob.SerializeToString())
-    with atomic_output(npy_path) as tmp, open(tmp, "wb") as f:
-        np.save(f, mean)
+        with open(npy, "wb") as f:
+            np.save(f, mean)
     return mean
 
 

@@ -32,6 +32,7 @@ import argparse
 import math
 import os
 import shlex
+from contextlib import ExitStack
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -350,11 +351,12 @@ def write_nets(out_dir, arch, loss, lam, classes, train_db, test_db,
     # the stock caffe train does not make the snapshot folder (it aborts)
     make_folder_for(opts["snapshot_prefix"] + "_iter_0")
     paths = []
-    for name, proto in nets.items():
-        path = Path(out_dir) / name
-        with atomic_output(path) as tmp:
+    with ExitStack() as stack:   # the three files, or none of them
+        for name, proto in nets.items():
+            path = Path(out_dir) / name
+            tmp = stack.enter_context(atomic_output(path))
             tmp.write_text(header + text_format.MessageToString(proto))
-        paths.append(path)
+            paths.append(path)
     return tuple(paths)
 
 

@@ -1,0 +1,134 @@
+"""Real signals to real processes: SIGTERM and SIGHUP stop jcdl train with a
+snapshot as Ctrl-C does; a demo stopped by SIGTERM, SIGINT or SIGKILL never
+leaves the earlier demo hidden; killed converts leave nothing a later run
+does not clean up."""
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import BIN, jcdl
+from test_train import make_lmdb, make_mean, small_solver
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("signals")
+    (root / "data").mkdir()
+    make_lmdb(root / "data/train7", 40, 7, seed=7)
+    make_lmdb(root / "data/test7", 20, 7, seed=8)
+    make_mean(root / "data/mean.binaryproto")
+    return root
+
+
+def start(*args, cwd=None):
+    return subprocess.Popen([str(BIN / "jcdl"), *map(str, args)], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_for(path, text, proc, timeout=120):
+    deadline = time.time() + timeout
+    while not (path.exists() and text in path.read_text()):
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, f"no {text!r} in {path}"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_snapshot_and_stop_train(work, sig):
+    name = sig.name.lower()
+    solver = small_solver(work, name, 7, max_iter=100000, snapshot=0,
+                          test_interval=100000, display=5)
+    rel = solver.relative_to(work)
+    proc = start("train", "--solver", rel, "--log", f"{name}/log", cwd=work)
+    wait_for(work / name / "log", "Iteration 10 (", proc)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    it = int(re.search(r"interrupted at iteration (\d+)", err)[1])
+    prefix = f"{name}/snapshots/small_jcdl_iter_{it}"
+    assert out.strip() == f"{prefix}.caffemodel"
+    assert err.strip().splitlines()[-1].strip() == (
+        f"jcdl train --solver {rel} --resume {prefix}.solverstate "
+        f"--log {name}/log")
+    assert (work / f"{prefix}.solverstate").is_file()
+    assert sorted(p.name for p in (work / name / "snapshots").iterdir()) \
+        == [f"small_jcdl_iter_{it}.caffemodel",
+            f"small_jcdl_iter_{it}.solverstate"]
+
+
+def demo_args(out, iterations):
+    return ["demo", "--out", out, "--iterations", iterations,
+            "--images", 16]
+
+
+@pytest.fixture
+def earlier_demo(tmp_path):
+    out = tmp_path / "demo"
+    jcdl(*demo_args(out, 1))
+    return out, (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_demo_puts_the_earlier_one_back(earlier_demo, tmp_path,
+                                                  sig):
+    """SIGTERM (and Ctrl-C) while a variant trains: the earlier demo is
+    back, nothing hidden is left, and no resume command names files the
+    demo removed. A second demo into the same folder meanwhile is
+    refused."""
+    out, report = earlier_demo
+    proc = start(*demo_args(out, 100000))
+    wait_for(out / "jcdl" / "train.log", "Iteration 20 ", proc)
+    second = jcdl(*demo_args(out, 1), check=False)
+    assert second.returncode == 1
+    assert f"another process (PID {proc.pid}) is writing it now" in \
+        second.stderr.strip().splitlines()[-1]
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "jcdl demo: interrupted"
+    assert "resume" not in err and "Traceback" not in err
+    assert (out / "report.md").read_text() == report
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
+
+
+def training(proc, out):
+    """Waits until the demo proc has set the earlier demo aside and trains
+    its first variant."""
+    aside = out.with_name(f".{out.name}.earlier-{proc.pid}")
+    deadline = time.time() + 120
+    while not aside.exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.01)
+    wait_for(out / "jcdl" / "train.log", "Iteration 0 ", proc)
+
+
+def test_a_killed_demo_is_put_back_by_the_next_run(earlier_demo, tmp_path):
+    """SIGKILL leaves the earlier demo aside and a half-made one in its
+    place; the next run puts the earlier one back first (here that run is
+    stopped too, so the earlier demo is what remains)."""
+    out, report = earlier_demo
+    proc = start(*demo_args(out, 100000))
+    training(proc, out)
+    proc.kill()
+    proc.communicate(timeout=60)
+    hidden = [p.name for p in tmp_path.iterdir() if p.name != "demo"]
+    assert f".demo.earlier-{proc.pid}" in hidden
+    assert not (out / "report.md").exists()
+    proc = start(*demo_args(out, 100000))
+    training(proc, out)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert "put back the earlier demo" in err
+    assert (out / "report.md").read_text() == report
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
+    # a killed run that had completed: its earlier demo is the stale one
+    aside = tmp_path / ".demo.earlier-999999999"
+    aside.mkdir()
+    (aside / "report.md").write_text("older")
+    jcdl(*demo_args(out, 1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]

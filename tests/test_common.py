@@ -2,7 +2,7 @@
 would replace a folder, and text files that are not UTF-8, all end in one
 clear line with the old files kept."""
 from conftest import assert_clean_error, jcdl, write_image
-from jcdl import lmdbio
+from jcdl import lmdbio, lmdbread
 
 
 def small_db(tmp_path):
@@ -25,7 +25,7 @@ def test_file_outputs_never_replace_a_folder(tmp_path):
         proc = jcdl("mean", db, target, check=False)
         assert_clean_error(proc, str(target), "is a folder")
     assert (folder / "keep.txt").read_text() == "mine"
-    assert len(list(lmdbio.records(db))) == 2
+    assert len(list(lmdbread.records(db))) == 2
 
 
 def test_unwritable_outputs_are_one_line(tmp_path):

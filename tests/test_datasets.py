@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import assert_clean_error, jcdl, write_image
-from jcdl import datasets, lmdbio
+from jcdl import datasets, lmdbio, lmdbread
 from jcdl.errors import JcdlError
 
 HEADER = ("[image_filename]\t[valence]\t[arousal]\t[prob. anger]\t"
@@ -72,7 +72,7 @@ def test_emotion6_released_layout(tmp_path):
     assert test == sorted(test, key=order.index)
     # the paths are relative to the ROOT that convert gets
     lmdbio.convert(root, out / "test.txt", tmp_path / "db", progress=False)
-    assert lmdbio.db_info(tmp_path / "db")["k"] == 7
+    assert lmdbread.db_info(tmp_path / "db")["k"] == 7
 
 
 def test_emotion6_flat_layout_and_seeds(tmp_path):

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import BIN, assert_clean_error, jcdl, run, write_image
-from jcdl import lmdbio
+from jcdl import lmdbio, lmdbread
 from jcdl.caffenet import caffe_pb2
 from jcdl.errors import JcdlError
 
@@ -17,7 +17,7 @@ QUIET = {"GLOG_minloglevel": "2"}
 
 
 def records(db):
-    return list(lmdbio.records(db))
+    return list(lmdbread.records(db))
 
 
 @pytest.fixture
@@ -64,25 +64,25 @@ def test_records_hold_the_image_and_the_distribution(images, tmp_path):
     db = tmp_path / "new" / "db"                  # its folder is made too
     assert lmdbio.convert(root, lst, db, progress=False) == 6
     lmdbio.convert(root, lst, tmp_path / "enc", encoded=True, progress=False)
-    raw = list(lmdbio.iter_datums(db))
-    enc = list(lmdbio.iter_datums(tmp_path / "enc"))
+    raw = list(lmdbread.iter_datums(db))
+    enc = list(lmdbread.iter_datums(tmp_path / "enc"))
     names = list(pixels)
     for i, ((key, d), (_, e)) in enumerate(zip(raw, enc)):
         assert key == f"{i:08d}_{names[i]}"
         h, w, _ = pixels[names[i]].shape
         assert (d.channels, d.height, d.width, d.label) == (3, h, w, 0)
         img = cv2.imread(str(root / names[i]))
-        assert np.array_equal(lmdbio.datum_image(d), img)
-        assert np.array_equal(lmdbio.datum_image(e), img)
+        assert np.array_equal(lmdbread.datum_image(d), img)
+        assert np.array_equal(lmdbread.datum_image(e), img)
         assert e.encoded and not d.encoded
         row = np.array([i, 1, 0.5]) / (i + 1.5)
         assert np.array_equal(np.array(d.float_data, np.float32),
                               row.astype(np.float32))
     assert e.data == (root / names[-1]).read_bytes()   # the file's own bytes
-    info = lmdbio.db_info(db)
+    info = lmdbread.db_info(db)
     assert info == {"n": 6, "k": 3, "channels": 3, "height": 14,
                     "width": 20, "encoded": False}
-    assert lmdbio.db_info(tmp_path / "enc")["encoded"] is True
+    assert lmdbread.db_info(tmp_path / "enc")["encoded"] is True
 
 
 def test_shuffle_is_reproducible_by_seed(images, tmp_path):
@@ -322,7 +322,7 @@ def test_encoded_grey_among_colour_is_reencoded(tmp_path):
     cpp, py = both_tools(root, lst, lambda t: tmp_path / t, "--encoded")
     assert cpp.returncode == 0 and py.returncode == 0, cpp.stderr + py.stderr
     assert records(tmp_path / "c") == records(tmp_path / "p")
-    datums = [d for _, d in lmdbio.iter_datums(tmp_path / "p")]
+    datums = [d for _, d in lmdbread.iter_datums(tmp_path / "p")]
     assert datums[0].data == (root / "colour.png").read_bytes()
     for d in datums:
         native = cv2.imdecode(np.frombuffer(d.data, np.uint8),
@@ -381,7 +381,7 @@ def test_not_an_lmdb(tmp_path):
     (tmp_path / "file").write_bytes(b"x" * 5000)
     for bad in ("dir", "file", "nothing"):
         with pytest.raises(JcdlError) as e:
-            lmdbio.db_info(tmp_path / bad)
+            lmdbread.db_info(tmp_path / bad)
         assert e.value.path == str(tmp_path / bad)
     proc = jcdl("mean", tmp_path / "file", tmp_path / "m.binaryproto",
                 check=False)

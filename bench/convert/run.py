@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from jcdl import lmdbio
+from jcdl import lmdbread
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -126,9 +126,9 @@ def main():
                 times[name].append(timed([*cmd, db], env))
                 print(f"run {r + 1}: {name}: {times[name][-1]:.2f} s",
                       file=sys.stderr)
-        same = (list(lmdbio.records(work / "db1")) ==
-                list(lmdbio.records(work / "db2")) ==
-                list(lmdbio.records(work / "db3")))
+        same = (list(lmdbread.records(work / "db1")) ==
+                list(lmdbread.records(work / "db2")) ==
+                list(lmdbread.records(work / "db3")))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

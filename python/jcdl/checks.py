@@ -13,7 +13,7 @@ from .errors import INT32_MAX, JcdlError
 from .caffenet import (blob_count, blob_shape, caffe_pb2, check_layer_graph,
                        fmt_shape, net_layers, read_mean, read_text_proto,
                        shape_fits)
-from .lmdbio import db_info, scan_records
+from .lmdbread import db_info, scan_records
 from .netgen import LR_POLICIES
 
 # loss layers whose bottoms are (logits, distribution label)

@@ -62,7 +62,7 @@ def find_run(folder):
     relative to where training ran: each is looked up as written, then
     under the folder's ancestors."""
     from .caffenet import caffe_pb2, net_layers, read_text_proto  # noqa
-    from .train import snapshot_prefix  # noqa: PLC0415
+    from .trainer import snapshot_prefix  # noqa: PLC0415
     folder = Path(folder)
     if not (folder / "solver.prototxt").is_file():
         raise JcdlError(folder, "not a run folder (no solver.prototxt: "
@@ -124,7 +124,7 @@ def test_samples(model, db=None, list_path=None, root=None):
             raise JcdlError(root, "no such image folder")
         _check_k(list_path, P.shape[1], model)
         return len(names), list_samples(names, P, root, model)
-    from .lmdbio import db_info  # noqa: PLC0415
+    from .lmdbread import db_info  # noqa: PLC0415
     info = db_info(db)
     if not info["k"]:
         raise JcdlError(db, "no distribution (float_data) in its records: "

@@ -40,7 +40,7 @@ from google.protobuf import text_format
 from .errors import INT32_MAX, JcdlError, int_arg
 from .files import atomic_output, make_folder_for
 from .caffenet import caffe_pb2, import_caffe
-from .lmdbio import db_info
+from .lmdbread import db_info
 
 ARCHS = ("vgg16", "small")
 LOSSES = ("jcdl", "kl", "softmax")

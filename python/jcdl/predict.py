@@ -331,7 +331,7 @@ def key_name(key):
 
 def db_samples(db):
     """(name, image, distribution) of each Datum of an LMDB, in key order."""
-    from .lmdbio import datum_image, iter_datums  # noqa: PLC0415
+    from .lmdbread import datum_image, iter_datums  # noqa: PLC0415
     for key, datum in iter_datums(db):
         name = key_name(key)
         dist = np.asarray(datum.float_data, np.float64)

@@ -210,6 +210,30 @@ def test_train_stops_with_its_last_snapshot_on_a_full_disk(inputs, disk):
     assert proc.stdout.strip().endswith(f"_iter_{it + 2}.caffemodel")
 
 
+def test_a_run_whose_last_snapshot_just_fits_succeeds(inputs, disk,
+                                                     tmp_path):
+    """Room for the snapshots a run writes, and no more: it completes
+    (no room is held for a snapshot that will not come), and resuming the
+    finished run is not refused for want of room either."""
+    probe = small_solver(inputs, os.path.relpath(tmp_path / "probe", inputs),
+                         7, max_iter=1, snapshot=0, test_interval=100000)
+    jcdl("train", "--solver", os.path.relpath(probe, inputs), cwd=inputs)
+    one = sum(p.stat().st_size for p in (tmp_path / "probe/snapshots")
+              .iterdir())
+    name = os.path.relpath(disk.path / "two", inputs)
+    solver = small_solver(inputs, name, 7, max_iter=2, snapshot=1,
+                          test_interval=100000)
+    disk.fill(2 * one + (100 << 10))
+    proc = jcdl("train", "--solver", os.path.relpath(solver, inputs),
+                cwd=inputs, check=False, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("_iter_2.caffemodel")
+    state = disk.path / "two/snapshots/small_jcdl_iter_2.solverstate"
+    proc = jcdl("train", "--solver", os.path.relpath(solver, inputs),
+                "--resume", state, cwd=inputs, check=False, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_train_with_its_log_on_a_full_disk(inputs, disk):
     """The log's disk fills up: training stops, snapshotting where there is
     room, with one line naming the log and the command that resumes."""

@@ -400,3 +400,42 @@ def test_a_mean_smaller_than_the_net_input_is_named(w, tmp_path):
                 w / "w.caffemodel", "--resize", "10", "10", w / "img/a.png",
                 check=False)
     assert_clean_error(proc, "--resize 10 10 is smaller than the net input")
+
+
+def test_a_header_claiming_60000_squared_pixels_is_one_line(w, tmp_path):
+    """OpenCV throws (rather than returning nothing) for an image whose
+    header claims more than 2^30 pixels: predict, convert --resize_* and
+    convert_imageset_r each say they cannot decode it."""
+    import struct
+    import zlib
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + \
+            struct.pack(">I", zlib.crc32(t + d))
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(
+        ">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)) + \
+        chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img/huge.png").write_bytes(png)
+    (tmp_path / "l.txt").write_text("huge.png 1 1\n")
+    proc = jcdl("predict", *net_args(w), tmp_path / "img/huge.png",
+                check=False)
+    assert_clean_error(proc, "huge.png", "cannot decode the image")
+    proc = jcdl("convert", "--resize_height", "40", "--resize_width", "40",
+                tmp_path / "img", tmp_path / "l.txt", tmp_path / "db",
+                check=False)
+    assert_clean_error(proc, "l.txt:1", "cannot decode image")
+    proc = run("convert_imageset_r", "--resize_height=40",
+               "--resize_width=40", f"{tmp_path / 'img'}/", tmp_path / "l.txt",
+               tmp_path / "db2", check=False)
+    assert_clean_error(proc, "l.txt:1", "cannot decode image")
+    assert sorted(os.listdir(tmp_path)) == ["img", "l.txt"]
+
+
+def test_weights_that_hold_nan_are_named(w, tmp_path):
+    net = caffe.Net(str(w / "deploy.prototxt"), caffe.TEST)
+    net.params["fc"][0].data[...] = np.nan
+    net.save(str(tmp_path / "nan.caffemodel"))
+    proc = jcdl("predict", "--model", w / "deploy.prototxt", "--weights",
+                tmp_path / "nan.caffemodel", w / "img/a.png", check=False)
+    assert_clean_error(proc, "nan.caffemodel", "weights hold NaN")

@@ -132,3 +132,51 @@ def test_a_killed_demo_is_put_back_by_the_next_run(earlier_demo, tmp_path):
     (aside / "report.md").write_text("older")
     jcdl(*demo_args(out, 1))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM])
+def test_a_closed_terminal_still_gets_its_snapshot(work, sig):
+    """The terminal went away (its reader closed stdout and stderr, as a
+    closed terminal or a pipe's reader that quit does), then the signal:
+    the snapshot and its solverstate are still written, exit 0."""
+    name = f"gone_{sig.name.lower()}"
+    solver = small_solver(work, name, 7, max_iter=100000, snapshot=0,
+                          test_interval=100000, display=5)
+    proc = start("train", "--solver", solver.relative_to(work), "--log",
+                 f"{name}/log", cwd=work)
+    wait_for(work / name / "log", "Iteration 10 (", proc)
+    proc.stdout.close()
+    proc.stderr.close()
+    proc.send_signal(sig)
+    assert proc.wait(timeout=60) == 0
+    log = (work / name / "log").read_text()
+    it = int(re.findall(r"_iter_(\d+)\.solverstate", log)[-1])
+    assert sorted(p.name for p in (work / name / "snapshots").iterdir()) \
+        == [f"small_jcdl_iter_{it}.caffemodel",
+            f"small_jcdl_iter_{it}.solverstate"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_stop_convert_cleanly(tmp_path, sig):
+    """A scheduler's SIGTERM (or a hang-up) stops jcdl convert as Ctrl-C
+    does: one line, exit 130, no partial LMDB left behind."""
+    from conftest import write_image
+    lines = []
+    for i in range(400):
+        write_image(tmp_path / f"root/{i}.png", 64, 64, seed=i)
+        lines.append(f"{i}.png 1 2")
+    (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+    proc = start("convert", tmp_path / "root", tmp_path / "list.txt",
+                 tmp_path / "db",
+                 "--resize_height", 300, "--resize_width", 300)
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".db.partial-*")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "jcdl convert: interrupted"
+    assert not (tmp_path / "db").exists()
+    assert not list(tmp_path.glob(".db.partial-*"))

@@ -185,7 +185,12 @@ std::vector<Entry> read_list(const string& list, const string& root) {
 // alpha or EXIF-rotated file read as colour: such a file's own bytes would
 // give the net other channels or pixels than the rest, so it is re-encoded.
 bool decodes_natively_to(const string& path, const cv::Mat& img) {
-  cv::Mat native = cv::imread(path, cv::IMREAD_UNCHANGED);
+  cv::Mat native;
+  try {
+    native = cv::imread(path, cv::IMREAD_UNCHANGED);
+  } catch (const cv::Exception&) {
+    return false;
+  }
   return native.size() == img.size() && native.type() == img.type() &&
          cv::norm(native, img, cv::NORM_INF) == 0;
 }
@@ -201,8 +206,13 @@ void image_to_datum(const Entry& e, const string& list, const string& path,
   fflush(stderr);
   const int saved_stderr = dup(2), devnull = open("/dev/null", O_WRONLY);
   dup2(devnull, 2);
-  cv::Mat img = cv::imread(path, is_color ? cv::IMREAD_COLOR :
-                                            cv::IMREAD_GRAYSCALE);
+  cv::Mat img;
+  try {  // OpenCV throws for a header claiming more than 2^30 pixels
+    img = cv::imread(path, is_color ? cv::IMREAD_COLOR :
+                                      cv::IMREAD_GRAYSCALE);
+  } catch (const cv::Exception&) {
+    img.release();
+  }
   dup2(saved_stderr, 2);
   close(saved_stderr);
   close(devnull);

@@ -66,19 +66,25 @@ def _extension(path):
 def imread(path, flag):
     """cv2.imread of any file name: a name that is not UTF-8 (kept as
     surrogates) is read here and decoded from memory, as OpenCV cannot
-    take it (it crashes); the same decoder, the same pixels."""
+    take it (it crashes); the same decoder, the same pixels. None for a
+    file OpenCV cannot (or will not) decode."""
     try:
         os.fsencode(path).decode("utf-8")
         return cv2.imread(path, flag)
     except UnicodeDecodeError:
         pass
+    except cv2.error:     # e.g. a header claiming more than 2^30 pixels
+        return None
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError:
         return None
-    return cv2.imdecode(np.frombuffer(data, np.uint8), flag) \
-        if data else None
+    try:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), flag) \
+            if data else None
+    except cv2.error:
+        return None
 
 
 def _decodes_natively_to(path, img):

@@ -149,8 +149,11 @@ class Preprocessor:
         import cv2  # noqa: PLC0415
         flag = cv2.IMREAD_GRAYSCALE if self.shape[0] == 1 else cv2.IMREAD_COLOR
         with quiet_opencv():
-            img = cv2.imdecode(np.frombuffer(data, np.uint8), flag) \
-                if len(data) else None
+            try:
+                img = cv2.imdecode(np.frombuffer(data, np.uint8), flag) \
+                    if len(data) else None
+            except cv2.error:   # e.g. a header claiming 2^30+ pixels
+                img = None
         if img is None:
             raise JcdlError(name, "cannot decode the image")
         return self.resize(img, name)
@@ -271,6 +274,10 @@ class Model:
             raise JcdlError(self.model_path, "an input image holds values "
                             "that are not finite (NaN or inf)")
         Q = forward(self.net, batch)
+        if not np.all(np.isfinite(Q)):
+            raise JcdlError(self.weights_path, "the net's output is not "
+                            "finite (NaN): the weights hold NaN or inf (a "
+                            "training that diverged?)")
         if not (np.all(Q >= 0) and np.allclose(Q.sum(axis=1), 1, atol=1e-3)):
             raise JcdlError(self.model_path, f"output '{self.net.outputs[-1]}'"
                             " is not a distribution per image: end the "

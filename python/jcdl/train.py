@@ -180,7 +180,7 @@ def train(solver_path, weights=None, gpu=None, resume=None, log=None,
                 solver.restore(str(resume_from))
             trainer = Trainer(solver, param, solver_path, prefix,
                                tmp_prefix, tests, logger)
-            if not trainer.reserve():
+            if solver.iter < param.max_iter and not trainer.reserve():
                 free = os.statvfs(folder)
                 raise JcdlError(folder, "no room for a snapshot (No space "
                                 f"left on device: {trainer.room_needed()} "

@@ -173,7 +173,8 @@ class Trainer:
         self.last_snapshot = (it, model, state_path)
         self.snapshot_bytes = sum(os.path.getsize(f)
                                   for f in (model, state_path))
-        if not self.reserve():
+        more = not self.stop and self.solver.iter < self.param.max_iter
+        if more and not self.reserve():   # room for the next one, if any
             self.fail(os.path.dirname(model) or ".",
                       os.strerror(errno.ENOSPC))
 

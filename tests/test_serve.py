@@ -282,10 +282,25 @@ def bad_uploads(net):
          ["GET is not allowed", "POST"]),
         ("no such page", "GET", "/nothing", None, None, 404,
          ["no such page", "/nothing"]),
+        ("a header claiming 60000 x 60000 pixels", "POST", "/api/predict",
+         *multipart([("bomb.png", bomb_png())]), 413,
+         ["bomb.png", "too large", "hundreds of millions", "--max-pixels"]),
     ]
 
 
-@pytest.mark.parametrize("case", range(11))
+def bomb_png():
+    import struct
+    import zlib
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + \
+            struct.pack(">I", zlib.crc32(t + d))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(
+        ">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)) + \
+        chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("case", range(12))
 def test_bad_requests_get_a_4xx_json_error(server, net, case):
     what, method, path, body, ctype, status, fragments = \
         bad_uploads(net)[case]

@@ -86,15 +86,16 @@ class ApiError(Exception):
 
 def _image_pixels(data):
     """(width, height) from the image's header (PIL reads no pixels for
-    it), or None when PIL does not know the format (OpenCV decides)."""
+    it), "bomb" when it claims more pixels than PIL opens, or None when
+    PIL does not know the format (OpenCV decides)."""
     from PIL import Image  # noqa: PLC0415
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data)) as im:
                 return im.size
-    except Image.DecompressionBombError:
-        return (2 ** 31, 1)
+    except Image.DecompressionBombError:   # more than PIL will open
+        return "bomb"
     except Exception:   # not an image PIL knows: left to OpenCV
         return None
 
@@ -248,6 +249,10 @@ class App:
                                f", the limit is {human(self.max_size)} an "
                                f"image (--max-size)", name)
             size = _image_pixels(data)
+            if size == "bomb":
+                raise ApiError(413, f"{name}: too large: its header claims "
+                               "hundreds of millions of pixels, the limit is "
+                               f"{self.max_pixels} (--max-pixels)", name)
             if size and size[0] * size[1] > self.max_pixels:
                 raise ApiError(413, f"{name}: too large: {size[0]}x{size[1]}"
                                f" pixels, the limit is {self.max_pixels} "

@@ -14,7 +14,7 @@ import lmdb
 import numpy as np
 import pytest
 
-from conftest import BIN, assert_clean_error, write_image
+from conftest import BIN, assert_clean_error, png_claiming, write_image
 from jcdl import netgen
 from jcdl.caffenet import import_caffe
 
@@ -318,16 +318,7 @@ def test_evaluate_out_with_1000_classes_is_bounded(w, tmp_path):
 
 
 def test_a_record_over_2_gb_is_refused_before_decoding(w, tmp_path):
-    import struct
-    import zlib
-
-    def chunk(t, d):
-        return struct.pack(">I", len(d)) + t + d + \
-            struct.pack(">I", zlib.crc32(t + d))
-    # a PNG whose header says 40000 x 20000 (2.4 GB of BGR pixels)
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(
-        ">IIBBBBB", 40000, 20000, 8, 2, 0, 0, 0)) + \
-        chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+    png = png_claiming(40000, 20000)   # 2.4 GB of BGR pixels
     shutil.copytree(w / "img", tmp_path / "img")
     (tmp_path / "img/huge.png").write_bytes(png)
     (tmp_path / "l.txt").write_text("a.png 1 2\nhuge.png 1 1\n")
@@ -406,15 +397,7 @@ def test_a_header_claiming_60000_squared_pixels_is_one_line(w, tmp_path):
     """OpenCV throws (rather than returning nothing) for an image whose
     header claims more than 2^30 pixels: predict, convert --resize_* and
     convert_imageset_r each say they cannot decode it."""
-    import struct
-    import zlib
-
-    def chunk(t, d):
-        return struct.pack(">I", len(d)) + t + d + \
-            struct.pack(">I", zlib.crc32(t + d))
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(
-        ">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)) + \
-        chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    png = png_claiming(60000, 60000)
     (tmp_path / "img").mkdir()
     (tmp_path / "img/huge.png").write_bytes(png)
     (tmp_path / "l.txt").write_text("huge.png 1 1\n")

@@ -20,7 +20,8 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import BIN, ROOT, assert_clean_error, jcdl, write_image
+from conftest import (BIN, ROOT, assert_clean_error, jcdl, png_claiming,
+                      write_image)
 
 sys.path.insert(0, str(ROOT / "tools"))
 from webdriver import Browser  # noqa: E402
@@ -283,21 +284,9 @@ def bad_uploads(net):
         ("no such page", "GET", "/nothing", None, None, 404,
          ["no such page", "/nothing"]),
         ("a header claiming 60000 x 60000 pixels", "POST", "/api/predict",
-         *multipart([("bomb.png", bomb_png())]), 413,
+         *multipart([("bomb.png", png_claiming(60000, 60000))]), 413,
          ["bomb.png", "too large", "hundreds of millions", "--max-pixels"]),
     ]
-
-
-def bomb_png():
-    import struct
-    import zlib
-
-    def chunk(t, d):
-        return struct.pack(">I", len(d)) + t + d + \
-            struct.pack(">I", zlib.crc32(t + d))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(
-        ">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)) + \
-        chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
 
 
 @pytest.mark.parametrize("case", range(12))

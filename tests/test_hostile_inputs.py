@@ -422,3 +422,19 @@ def test_weights_that_hold_nan_are_named(w, tmp_path):
     proc = jcdl("predict", "--model", w / "deploy.prototxt", "--weights",
                 tmp_path / "nan.caffemodel", w / "img/a.png", check=False)
     assert_clean_error(proc, "nan.caffemodel", "weights hold NaN")
+
+
+def test_a_name_too_long_for_its_temporary_is_one_line(w, tmp_path):
+    """A legal name (under 255 bytes) whose temporary .NAME.partial-PID
+    would not be: refused up front by jcdl and the C++ tool alike; one a
+    little shorter works."""
+    long = tmp_path / ("d" * 240)
+    for proc in (jcdl("convert", w / "img", w / "l.txt", long, check=False),
+                 run("convert_imageset_r", f"{w / 'img'}/", w / "l.txt",
+                     long, check=False),
+                 jcdl("evaluate", *net_args(w), "--db", w / "db", "--out",
+                      long, check=False)):
+        assert_clean_error(proc, "the name is 240 bytes long, at most 235")
+    assert os.listdir(tmp_path) == []
+    jcdl("convert", w / "img", w / "l.txt", tmp_path / ("d" * 235))
+    assert os.listdir(tmp_path) == ["d" * 235]

@@ -535,6 +535,14 @@ int main(int argc, char** argv) {
   Claim claim;
   try {
     if (db_path.empty()) fail("DB_NAME", 0, "is empty: name the DB");
+    const size_t max_name = 255 - std::string("..partial-").size() - 10;
+    if (name.size() > max_name) {  // as jcdl's output_path says it
+      std::ostringstream s;
+      s << "the name is " << name.size() << " bytes long, at most "
+        << max_name << ": the file system takes 255 and the temporary "
+        << "written beside it (.NAME.partial-PID) needs the rest";
+      fail(db_path, 0, s.str());
+    }
     if (boost::filesystem::exists(db_path) ||
         boost::filesystem::is_symlink(db_path)) {
       fail(db_path, 0, "already exists; remove it or choose another name");

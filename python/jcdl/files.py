@@ -21,6 +21,10 @@ def remove(path):
         path.unlink()
 
 
+# an output's name, so that .NAME.partial-PID (and .NAME.lock) fit in 255
+MAX_NAME = 255 - len("." + ".partial-") - 10
+
+
 def output_path(path):
     """An output's path: a symbolic link stands for where it points; '.',
     '..' and '' name no file or folder to write."""
@@ -30,6 +34,12 @@ def output_path(path):
     if path.name in ("", ".", ".."):
         raise JcdlError(path, "name the output: a file or folder name, not "
                         "'.' or '..'")
+    n = len(os.fsencode(path.name))
+    if n > MAX_NAME:
+        raise JcdlError(path, f"the name is {n} bytes long, at most "
+                        f"{MAX_NAME}: the file system takes 255 and the "
+                        "temporary written beside it (.NAME.partial-PID) "
+                        "needs the rest")
     return path
 
 

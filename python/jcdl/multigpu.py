@@ -4,11 +4,13 @@ iteration) through the stock ``caffe train -gpu ...``, after jcdl train's
 checks, so bad input is still one line instead of a CHECK abort.
 
 The batch size in the net is per GPU (Caffe's rule): with N GPUs each
-iteration sees N times the batch. Logging, snapshots and SIGINT/SIGHUP are
-the caffe tool's own (``caffe train`` snapshots on SIGHUP and on SIGINT
-stops after one); the log is glog's, which ``jcdl plot`` reads.
+iteration sees N times the batch. Logging and snapshots are the caffe
+tool's own; Ctrl-C, SIGTERM or SIGHUP to jcdl is passed on to caffe as
+SIGINT, on which it snapshots and stops. The log is glog's, which ``jcdl
+plot`` reads.
 """
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +66,14 @@ def check_gpus(gpus):
         raise JcdlError(where, f"{what}: {count} GPU(s) visible")
 
 
+def _tee(lines, out):
+    for line in lines:
+        sys.stderr.write(line)
+        if out:
+            out.write(line)
+            out.flush()
+
+
 def train_on_gpus(solver, gpus, weights=None, resume=None, log=None):
     """Checks as jcdl train does, then runs ``caffe train`` on ``gpus`` (a
     list of ids or "all"); its log goes to stderr and, with ``log``, to
@@ -78,11 +88,13 @@ def train_on_gpus(solver, gpus, weights=None, resume=None, log=None):
     try:
         with subprocess.Popen(cmd, stderr=subprocess.PIPE, env=env,
                               text=True, errors="replace") as proc:
-            for line in proc.stderr:
-                sys.stderr.write(line)
-                if out:
-                    out.write(line)
-                    out.flush()
+            try:
+                _tee(proc.stderr, out)
+            except KeyboardInterrupt:   # Ctrl-C, SIGTERM, SIGHUP to jcdl:
+                proc.send_signal(signal.SIGINT)  # caffe snapshots, stops
+                _tee(proc.stderr, out)
+                proc.wait()
+                raise
         return proc.returncode
     finally:
         if out:

@@ -15,13 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def run(cmd, *args, cwd=None, check=True, timeout=600, env=None):
     """Runs a tool of .venv/bin (``jcdl``, ``caffe``, ``convert_imageset_r``
     ...) and returns the CompletedProcess; with check, a non-zero exit fails
-    the test showing stderr."""
+    the test showing stderr. Output naming files that are not UTF-8 is read
+    as their bytes (surrogates), as arguments are passed."""
     full_env = dict(os.environ)
     full_env.pop("GLOG_minloglevel", None)  # set by import_caffe in-process
     full_env.update(env or {})
     proc = subprocess.run([str(BIN / cmd), *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout,
-                          env=full_env)
+                          errors="surrogateescape", env=full_env)
     if check and proc.returncode != 0:
         pytest.fail(f"{cmd} {' '.join(map(str, args))} exited "
                     f"{proc.returncode}:\n{proc.stderr[-3000:]}")

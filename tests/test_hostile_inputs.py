@@ -14,7 +14,7 @@ import lmdb
 import numpy as np
 import pytest
 
-from conftest import BIN, assert_clean_error, png_claiming, write_image
+from conftest import assert_clean_error, jcdl, png_claiming, run, write_image
 from jcdl import netgen
 from jcdl.caffenet import import_caffe
 
@@ -24,25 +24,6 @@ from caffe.proto import caffe_pb2  # noqa: E402
 
 LATIN1 = b"caf\xe9.png"          # 'café.png' as Latin-1: not UTF-8
 SIZE = 40
-
-
-def run(cmd, *args, check=True):
-    """conftest.run, reading output whose names are not UTF-8 as their
-    bytes (surrogates)."""
-    import subprocess
-    env = dict(os.environ)
-    env.pop("GLOG_minloglevel", None)
-    proc = subprocess.run([str(BIN / cmd), *map(os.fspath, args)],
-                          capture_output=True, text=True,
-                          errors="surrogateescape", timeout=600, env=env)
-    if check and proc.returncode != 0:
-        pytest.fail(f"{cmd} {args} exited {proc.returncode}:\n"
-                    f"{proc.stderr[-3000:]}")
-    return proc
-
-
-def jcdl(*args, **kw):
-    return run("jcdl", *args, **kw)
 
 
 def fs(b):

@@ -143,6 +143,17 @@ def read_list(path):
                                            for r in rows])
 
 
+def read_split(folder):
+    """(names, P) of a split's train.txt and test.txt together, as
+    written (not normalised again)."""
+    names, P = [], []
+    for part in ("train.txt", "test.txt"):
+        n, p = read_list(folder / part)
+        names += n
+        P.append(p)
+    return names, np.concatenate(P)
+
+
 @pytest.mark.parametrize("prior", priors.PRIORS)
 def test_prepare_fi(tmp_path, prior):
     root = tmp_path / "FI"
@@ -155,12 +166,7 @@ def test_prepare_fi(tmp_path, prior):
     for folder in (out, out / "split1", out / "split2"):
         assert folder.joinpath("classes.txt").read_text().split() == \
             list(MIKELS)
-        names, P = [], []
-        for part in ("train.txt", "test.txt"):
-            n, p = read_list(folder / part)
-            names += n
-            P.append(p)
-        P = np.concatenate(P)
+        names, P = read_split(folder)
         assert sorted(names) == sorted(
             f"emotion_dataset/{e.capitalize() if e == 'awe' else e}/"
             f"{e}_{i:05d}.jpg" for e in MIKELS for i in (1, 2))
@@ -234,12 +240,7 @@ def test_prepare_single(tmp_path):
     jcdl("prepare", "single", root, tmp_path / "labels.txt", out,
          "--classes", tmp_path / "classes.txt", "--prior", "implication",
          "--test-ratio", "0.5")
-    names, P = [], []
-    for part in ("train.txt", "test.txt"):
-        n, p = read_list(out / part)
-        names += n
-        P.append(p)
-    P = np.concatenate(P)
+    names, P = read_split(out)
     check_rows(P, [int(n[2]) for n in names], "implication")
     assert json.loads((out / "single_label.json").read_text())["prior"] == \
         "implication"

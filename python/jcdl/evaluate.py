@@ -112,7 +112,7 @@ def _check_k(source, K, model):
                         f"{model.K}")
 
 
-def test_samples(model, db=None, list_path=None, root=None):
+def read_test_set(model, db=None, list_path=None, root=None):
     """(count, samples) of a test set: an LMDB, or a list and its image
     ROOT; (name, image, distribution) each, checked against the model's K."""
     if (db is None) == (list_path is None) or \
@@ -139,7 +139,7 @@ def evaluate(model, db=None, list_path=None, root=None, batch=32,
     ``root`` with ``model`` (predict.load_model) and returns the
     Evaluation."""
     from tqdm import tqdm  # noqa: PLC0415
-    total, samples = test_samples(model, db, list_path, root)
+    total, samples = read_test_set(model, db, list_path, root)
     names, P, examples = [], [], []
 
     def arrays():

@@ -112,14 +112,10 @@ def caffe_worker(case, tmp, build=True):
                          else ("small", K_SMALL, 32))
         full = netgen.train_val_net(arch, "jcdl", 0.8, k, "x", "y", None,
                                     batch, batch, crop, True)
+        sys.path.insert(0, str(ROOT / "bench" / "gpu"))
+        from make_prototxts import dummy_data_layer
         net = pb.NetParameter(name=f"{arch}_bench")
-        d = net.layer.add(name="data", type="DummyData",
-                          top=["data", "label"])
-        p = d.dummy_data_param
-        p.shape.add().dim.extend([batch, 3, crop, crop])
-        p.shape.add().dim.extend([batch, k])
-        p.data_filler.add(type="constant", value=1.0)
-        p.data_filler.add(type="constant", value=1.0 / k)
+        net.layer.append(dummy_data_layer(pb, batch, crop, k))
         net.layer.extend(
             l for l in full.layer if l.type not in ("Data", "Accuracy"))
         (tmp / "net.prototxt").write_text(str(net))

@@ -67,6 +67,20 @@ def solver_name(name, batch=BATCH):
     return f"solver_b{batch}{suffix}.prototxt"
 
 
+def dummy_data_layer(pb, batch, crop, classes):
+    """The benchmarks' data: DummyData with images of 1.0 and labels the
+    uniform distribution, constant fillers (DummyData fills them once, at
+    set-up, so no time goes into refilling them)."""
+    dummy = pb.LayerParameter(name="data", type="DummyData",
+                              top=["data", "label"])
+    p = dummy.dummy_data_param
+    p.shape.add().dim.extend([batch, 3, crop, crop])
+    p.shape.add().dim.extend([batch, classes])
+    p.data_filler.add(type="constant", value=1.0)
+    p.data_filler.add(type="constant", value=1.0 / classes)
+    return dummy
+
+
 def bench_net(name="default", batch=BATCH, classes=CLASSES, crop=CROP):
     """The benchmark NetParameter: netgen's VGG-16 JCDL train net over
     constant DummyData (over the LMDB at LMDB_SOURCE for ``lmdb``)."""
@@ -82,14 +96,7 @@ def bench_net(name="default", batch=BATCH, classes=CLASSES, crop=CROP):
         out.layer.extend(train)
         return out
     layers = [l for l in train if l.type != "Data"]
-    dummy = pb.LayerParameter(name="data", type="DummyData",
-                              top=["data", "label"])
-    p = dummy.dummy_data_param
-    p.shape.add().dim.extend([batch, 3, crop, crop])
-    p.shape.add().dim.extend([batch, classes])
-    # constant fillers: DummyData fills them once, at set-up
-    p.data_filler.add(type="constant", value=1.0)
-    p.data_filler.add(type="constant", value=1.0 / classes)
+    dummy = dummy_data_layer(pb, batch, crop, classes)
     if name == "caffe":
         for l in layers:
             if l.type == "Convolution":

@@ -90,6 +90,18 @@ class SoftmaxKLLossTestBase : public MultiDeviceTest<TypeParam> {
     delete blob_top_loss_;
   }
 
+  // 3 x 37 x 29 = 3219 positions of 4 classes, more than one block of
+  // GPU threads and not a multiple of it: logits of std 2, labels random.
+  void FillManyPositions(int seed) {
+    blob_bottom_data_->Reshape(3, 4, 37, 29);
+    blob_bottom_label_->Reshape(3, 4, 37, 29);
+    FillerParameter filler_param;
+    filler_param.set_std(2);
+    GaussianFiller<Dtype> filler(filler_param);
+    filler.Fill(blob_bottom_data_);
+    FillDistribution(blob_bottom_label_, seed);
+  }
+
   // Random distributions over axis 1 with about a third of the values zero.
   void FillDistribution(Blob<Dtype>* blob, int seed) {
     Caffe::set_random_seed(seed);
@@ -379,14 +391,7 @@ TYPED_TEST(SoftmaxWithKLLossLayerTest, TestNegativeLossesAreSummedSigned) {
 TYPED_TEST(SoftmaxWithKLLossLayerTest, TestManyPositions) {
   // More positions (3 x 37 x 29 = 3219) than one block of threads, and not
   // a multiple of it: every one is summed once.
-  typedef typename TypeParam::Dtype Dtype;
-  this->blob_bottom_data_->Reshape(3, 4, 37, 29);
-  this->blob_bottom_label_->Reshape(3, 4, 37, 29);
-  FillerParameter filler_param;
-  filler_param.set_std(2);
-  GaussianFiller<Dtype> filler(filler_param);
-  filler.Fill(this->blob_bottom_data_);
-  this->FillDistribution(this->blob_bottom_label_, 13);
+  this->FillManyPositions(13);
   this->CheckAgainstReference(LayerParameter(), 3 * 37 * 29, 1, 1e-4);
   LayerParameter none;
   none.mutable_loss_param()->set_normalization(
@@ -494,14 +499,7 @@ TYPED_TEST(SoftmaxWithDominantLossLayerTest, TestExtremeLogits) {
 }
 
 TYPED_TEST(SoftmaxWithDominantLossLayerTest, TestManyPositions) {
-  typedef typename TypeParam::Dtype Dtype;
-  this->blob_bottom_data_->Reshape(3, 4, 37, 29);
-  this->blob_bottom_label_->Reshape(3, 4, 37, 29);
-  FillerParameter filler_param;
-  filler_param.set_std(2);
-  GaussianFiller<Dtype> filler(filler_param);
-  filler.Fill(this->blob_bottom_data_);
-  this->FillDistribution(this->blob_bottom_label_, 17);
+  this->FillManyPositions(17);
   this->CheckAgainstReference(LayerParameter(), 3 * 37 * 29, 1, 1e-4);
 }
 

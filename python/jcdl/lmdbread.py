@@ -103,27 +103,6 @@ def db_info(db_path):
     raise JcdlError(db_path, "the LMDB is empty")
 
 
-def _raw_size(value):
-    """(height, width) of a raw Datum from its first fields (channels,
-    height, width: varints 1-3, as Caffe and protobuf write them), without
-    parsing its pixels; None for an encoded Datum (no size fields)."""
-    dims, i = {}, 0
-    while len(dims) < 3 and i < len(value):
-        field, wire = value[i] >> 3, value[i] & 7
-        if wire != 0 or field not in (1, 2, 3):
-            return None
-        i += 1
-        v = shift = 0
-        while i < len(value):
-            v |= (value[i] & 0x7F) << shift
-            shift += 7
-            i += 1
-            if value[i - 1] < 0x80:
-                break
-        dims[field] = v
-    return (dims[2], dims[3]) if len(dims) == 3 else None
-
-
 def _varint(buf, i, end):
     v = shift = 0
     while i < end:
@@ -249,20 +228,3 @@ def _parse_datum(db_path, name, value):
         raise JcdlError(db_path, f"record {name} is not a Caffe "
                         "Datum") from None
     return datum
-
-
-def smallest_raw_image(db_path):
-    """(key, height, width) of the raw image with the fewest rows or columns
-    in the LMDB (one pass over the records' first bytes), or None when no
-    record is raw."""
-    env = _open(db_path)
-    best = None
-    try:
-        for key, value in _cursor(env, db_path, buffers=True):
-            size = _raw_size(bytes(value[:24]))
-            if size and (best is None or min(size) < min(best[1:])):
-                best = (bytes(key).decode("utf-8", "surrogateescape"),
-                        *size)
-    finally:
-        env.close()
-    return best

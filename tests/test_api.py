@@ -124,3 +124,11 @@ def test_find_run_from_a_subfolder_of_where_training_ran(tmp_path):
         assert run.mean is None and run.log is None
     finally:
         os.chdir(cwd)
+
+
+def test_a_mean_that_is_not_finite_is_named(data, tmp_path):  # noqa: F811
+    mean = data["mean"].copy()
+    mean[0, 0, 0] = np.nan
+    with pytest.raises(JcdlError, match="^mean: the mean holds values that "
+                       "are not finite"):
+        predict.load_model(data["model"], data["weights"], mean)

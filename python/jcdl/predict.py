@@ -98,6 +98,9 @@ class Preprocessor:
         if self.mean is not None and self.mean.ndim != 3:
             raise ValueError(f"the mean has shape {self.mean.shape}: give "
                              "(C, H, W) or one value per channel (C,)")
+        if self.mean is not None and not np.all(np.isfinite(self.mean)):
+            raise ValueError("the mean holds values that are not finite "
+                             "(NaN or inf)")
         self.per_channel = self.mean is not None and \
             self.mean.shape[1:] == (1, 1)
         self.size = None if size is None else tuple(size)
@@ -269,11 +272,7 @@ class Model:
         return np.concatenate(outs) if outs else np.zeros((0, self.K))
 
     def _forward(self, inputs):
-        batch = np.stack(inputs)
-        if not np.all(np.isfinite(batch)):
-            raise JcdlError(self.model_path, "an input image holds values "
-                            "that are not finite (NaN or inf)")
-        Q = forward(self.net, batch)
+        Q = forward(self.net, np.stack(inputs))
         if not np.all(np.isfinite(Q)):
             raise JcdlError(self.weights_path, "the net's output is not "
                             "finite (NaN): the weights hold NaN or inf (a "

@@ -89,6 +89,13 @@ def assert_fails_on_full_disk(proc, name):
     assert_clean_error(proc, name, FULL)
 
 
+def assert_fails_naming_one_of(proc, folder, outputs):
+    """A full disk's one line, naming one of the outputs in folder."""
+    assert_clean_error(proc, FULL)
+    named = proc.stderr.strip().splitlines()[-1]
+    assert any(str(folder / o) in named for o in outputs), named
+
+
 # ------------------------------------------------------------ full disk
 
 @pytest.mark.parametrize("tool", ["jcdl", "convert_imageset_r",
@@ -164,11 +171,26 @@ def test_every_stage_on_a_full_disk(inputs, disk):
         disk.fill(leave)
         for name, args, outputs in commands:
             proc = jcdl(*args, check=False)
-            assert_clean_error(proc, FULL)
-            named = proc.stderr.strip().splitlines()[-1]
-            assert any(str(disk.path / o) in named for o in outputs), named
+            assert_fails_naming_one_of(proc, disk.path, outputs)
             assert disk.listing() == before, name
         disk.empty()
+
+
+def test_a_failed_run_leaves_no_new_folder(inputs, disk):
+    """Outputs in folders not there yet, on a full disk: each command fails
+    in one line and the folders it made for them (netgen's snapshot folder
+    too) are gone again."""
+    (disk.path / "earlier.txt").write_text("kept")
+    before = disk.listing()
+    disk.fill()
+    out = disk.path / "new" / "deeper"
+    commands = [("convert", ["convert", inputs, inputs / "list.txt",
+                             out / "db"], ["db"]),
+                *stage_commands(inputs, out)]
+    for name, args, outputs in commands:
+        proc = jcdl(*args, check=False)
+        assert_fails_naming_one_of(proc, out, outputs)
+        assert disk.listing() == before, name
 
 
 def test_train_stops_with_its_last_snapshot_on_a_full_disk(inputs, disk):

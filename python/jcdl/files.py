@@ -56,6 +56,25 @@ def make_folder_for(path):
             from None
 
 
+@contextmanager
+def folder_for(path):
+    """make_folder_for, for a block: when the block fails, the folders it
+    made are removed again (those left empty), so a failed run leaves no
+    new folder behind."""
+    folder = Path(path).parent
+    made = [p for p in (folder, *folder.parents) if not os.path.lexists(p)]
+    try:
+        make_folder_for(path)
+        yield
+    except BaseException:
+        for p in made:   # the deepest first
+            try:
+                os.rmdir(p)
+            except OSError:
+                break    # not empty (or not ours): it and those above stay
+        raise
+
+
 # errors of a write that name no file (a full disk while a file is written)
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 _claims = {}  # lock file -> how many claims of this process hold it
@@ -85,9 +104,16 @@ def claim(path):
     ``path``: an flock on its lock file (see lock_file), which the kernel
     releases when the process ends, however it ends, so a lock file left by
     a killed run is simply taken over. A second writer is refused in one
-    line naming the first's PID. Claims nest within one process."""
+    line naming the first's PID. Claims nest within one process. The
+    folders made for ``path`` are removed again when the block fails."""
     path = output_path(path)
-    make_folder_for(path)
+    with folder_for(path), _flock(path):
+        yield
+
+
+@contextmanager
+def _flock(path):
+    """claim()'s flock on the lock file of ``path``, whose folder exists."""
     lock = lock_file(path)
     key = os.path.realpath(lock)
     if key in _claims:
@@ -200,10 +226,9 @@ def atomic_output(path, new=False):
     by a folder (the caller has checked it is its own output), never by a
     file; errors about the temporary name (a full disk) are reported about
     ``path``. The block holds the claim on ``path`` (another process writing
-    it is refused); with ``new``, a ``path`` that exists is refused, once
+    it is refused; the folders made for it are removed again on failure); with ``new``, a ``path`` that exists is refused, once
     claimed. Stale temporaries of killed writers are cleaned up first."""
     path = output_path(path)
-    make_folder_for(path)
     with claim(path):
         if new and os.path.lexists(path):
             raise JcdlError(path, "already exists; remove it or choose "

@@ -29,8 +29,7 @@ import lmdb
 import numpy as np
 
 from .errors import JcdlError, int_arg
-from .files import (atomic_output, check_output_file, make_folder_for,
-                    quiet_opencv)
+from .files import atomic_output, check_output_file, quiet_opencv
 from .lists import image_path, read_distributions
 from .caffenet import caffe_pb2
 from .lmdbread import datum_image, db_info, encoded_size, iter_datums
@@ -269,7 +268,6 @@ def convert(root, list_path, db_path, resize_height=0, resize_width=0,
         raise JcdlError("--resize_height/--resize_width", why + ": choose "
                         "a smaller size")
     entries = read_list(list_path, root)
-    make_folder_for(db_path)
     if shuffle:
         order = np.random.default_rng(seed).permutation(len(entries))
         entries = [entries[i] for i in order]

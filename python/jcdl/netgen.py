@@ -38,7 +38,7 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from .errors import INT32_MAX, JcdlError, int_arg
-from .files import atomic_output, make_folder_for
+from .files import atomic_output, folder_for
 from .caffenet import caffe_pb2, import_caffe
 from .lmdbread import db_info
 
@@ -348,10 +348,11 @@ def write_nets(out_dir, arch, loss, lam, classes, train_db, test_db,
         "deploy.prototxt": deploy_net(arch, loss, classes, crop),
         "solver.prototxt": solver_param(net_path, opts["test_iter"], opts),
     }
-    # the stock caffe train does not make the snapshot folder (it aborts)
-    make_folder_for(opts["snapshot_prefix"] + "_iter_0")
     paths = []
     with ExitStack() as stack:   # the three files, or none of them
+        # the stock caffe train does not make the snapshot folder (it
+        # aborts); a failed netgen leaves no new folder behind
+        stack.enter_context(folder_for(opts["snapshot_prefix"] + "_iter_0"))
         for name, proto in nets.items():
             path = Path(out_dir) / name
             tmp = stack.enter_context(atomic_output(path))

@@ -2,6 +2,7 @@
 snapshot as Ctrl-C does; a demo stopped by SIGTERM, SIGINT or SIGKILL never
 leaves the earlier demo hidden; killed converts leave nothing a later run
 does not clean up."""
+import os
 import re
 import signal
 import subprocess
@@ -180,3 +181,33 @@ def test_sigterm_and_sighup_stop_convert_cleanly(tmp_path, sig):
     assert err.strip().splitlines()[-1] == "jcdl convert: interrupted"
     assert not (tmp_path / "db").exists()
     assert not list(tmp_path.glob(".db.partial-*"))
+
+
+@pytest.mark.parametrize("after", [
+    "jcdl.cli", "traceback", "numpy._core._multiarray_umath", "numpy",
+    "cv2", "jcdl.caffenet", "jcdl.trainer", "jcdl.predict"])
+def test_ctrl_c_while_the_command_starts(tmp_path, after):
+    """Ctrl-C while jcdl imports its modules (most of a start's 0.3 s):
+    one line, exit 130, no traceback, nothing written. The moments are
+    found by Python's import-time lines on stderr: the signal comes right
+    after the module named is imported (numpy's own ones included, where
+    an interrupt can come out of the import as an ImportError)."""
+    err = tmp_path / "stderr"
+    with open(err, "w") as f:
+        proc = subprocess.Popen(
+            [str(BIN / "jcdl"), *map(str, demo_args(tmp_path / "d", 1))],
+            stdout=subprocess.DEVNULL, stderr=f,
+            env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"},
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    line = re.compile(rf"^import time: .*\| +{re.escape(after)}$", re.M)
+    deadline = time.time() + 60
+    while not line.search(err.read_text()):
+        assert proc.poll() is None and time.time() < deadline, \
+            err.read_text()[-2000:]
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130, err.read_text()[-2000:]
+    said = [s for s in err.read_text().splitlines()
+            if not s.startswith("import time:")]
+    assert said == ["jcdl demo: interrupted"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stderr"]

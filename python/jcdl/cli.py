@@ -1,13 +1,10 @@
 """The ``jcdl`` command: one subcommand per stage, each defined by its stage
 module's ``register(subparsers)``; this file only dispatches and turns bad
-input into one line on stderr."""
-import argparse
-import importlib
-import signal
+input into one line on stderr. It imports nothing at the top but ``sys``:
+the stage modules (numpy, OpenCV, Caffe: most of a start's time) are
+imported inside ``main``, so a Ctrl-C at any moment of that is one line
+too."""
 import sys
-import traceback
-
-from .errors import JcdlError
 
 # subcommand -> module that defines it
 STAGES = {
@@ -27,6 +24,8 @@ STAGES = {
 
 
 def build_parser():
+    import argparse  # noqa: PLC0415
+    import importlib  # noqa: PLC0415
     parser = argparse.ArgumentParser(
         prog="jcdl",
         description="JCDL on Caffe: dataset -> lists -> LMDB -> prototxt -> "
@@ -71,8 +70,46 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _name(argv):
+    """'jcdl COMMAND' as the arguments name it, before they are parsed."""
+    words = [a for a in argv if not a.startswith("-")]
+    return f"jcdl {words[0]}" if words and words[0] in STAGES else "jcdl"
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:   # at any moment, the imports included
+        name = _name(sys.argv[1:] if argv is None else argv)
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser(hold):
+    """build_parser(); with ``hold``, a Ctrl-C meanwhile is held until the
+    stage modules are imported, then raised (an interrupt inside an
+    extension's import can come out as an ImportError: numpy's does)."""
+    import signal  # noqa: PLC0415
+    held = []
+    if hold and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, lambda *_: held.append(True))
+    else:
+        hold = False    # ignored (a background job) or a caller's own
+    try:
+        return build_parser()
+    finally:
+        if hold:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        if held:
+            raise KeyboardInterrupt
+
+
+def _main(argv):
+    import signal  # noqa: PLC0415
+    import traceback  # noqa: PLC0415
+
+    from .errors import JcdlError  # noqa: PLC0415
+    args = _parser(argv is None).parse_args(argv)
     for stream in (sys.stdout, sys.stderr):  # names that are not UTF-8: as
         if hasattr(stream, "reconfigure"):   # their bytes, never a crash
             stream.reconfigure(errors="surrogateescape")
@@ -97,9 +134,6 @@ def main(argv=None):
         print(f"jcdl {args.command}: {where}: {e.strerror or e}",
               file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"jcdl {args.command}: interrupted", file=sys.stderr)
-        return 130
     return result or 0
 
 

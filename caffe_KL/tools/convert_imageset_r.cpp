@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <lmdb.h>
 #include <signal.h>
+#include <stdint.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -25,7 +26,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>  // NOLINT(readability/streams)
+#include <iomanip>
 #include <iostream>  // NOLINT(readability/streams)
+#include <map>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -81,6 +84,19 @@ struct InputError {
   string message;
 };
 
+// SIGINT, SIGTERM or SIGHUP: the conversion stops at its next image, and
+// main() removes the partial DB, says so in one line and exits 130 (as jcdl
+// convert does).
+volatile sig_atomic_t stop_signal = 0;
+
+void on_stop_signal(int sig) { stop_signal = sig; }
+
+struct Interrupted {};
+
+void stop_if_signalled() {
+  if (stop_signal) throw Interrupted();
+}
+
 string where(const string& file, int line) {
   std::ostringstream s;
   s << file;
@@ -118,6 +134,7 @@ std::vector<Entry> read_list(const string& list, const string& root) {
   if (data.compare(0, 3, "\xef\xbb\xbf") == 0) data.erase(0, 3);  // BOM
   std::istringstream infile(data);
   std::vector<Entry> entries;
+  std::map<string, int> first_line;  // of each name: jcdl says the same
   string text;
   int line_no = 0;
   size_t K = 0;
@@ -173,10 +190,83 @@ std::vector<Entry> read_list(const string& list, const string& root) {
     if (!is_file(root + e.path)) {
       fail(list, line_no, "image not found: " + root + e.path);
     }
+    const int first =
+        first_line.insert(std::make_pair(e.path, line_no)).first->second;
+    if (first != line_no) {
+      std::ostringstream s;
+      s << "'" << e.path << "' is listed twice (lines " << first << " and "
+        << line_no << "): each image once (the name matches predictions to "
+        << "ground truth)";
+      fail(list, line_no, s.str());
+    }
     entries.push_back(e);
   }
   if (entries.empty()) fail(list, 0, "the list file is empty");
   return entries;
+}
+
+// Caffe parses a record with protobuf, which reads at most 2 GB - 1 bytes
+// (and a batch's count is an int): a larger image is refused before
+// decoding, as jcdl's lmdbio.MAX_RECORD and record_too_large say it.
+const double kMaxRecord = 2147483647.0 - (1 << 20);
+
+// The message for an image of h x w x c whose raw record would pass
+// protobuf's 2 GB limit, or "".
+string record_too_large(double h, double w, int c) {
+  if (h * w * c <= kMaxRecord) return "";
+  std::ostringstream s;
+  s << std::fixed << std::setprecision(0) << w << "x" << h << "x" << c
+    << " (WxHxC) is " << h * w * c << " bytes of pixels, more than a Caffe "
+    << "record can hold (2 GB)";
+  return s.str();
+}
+
+// Height and width an encoded image's header (PNG, BMP, JPEG) says, as
+// jcdl's lmdbread.encoded_size reads them; false when it does not say.
+bool header_size(const string& path, double* height, double* width) {
+  std::ifstream file(path.c_str(), std::ios::binary);
+  std::vector<char> buf(1 << 16);
+  file.read(&buf[0], buf.size());
+  const string head(&buf[0], file.gcount());
+  const unsigned char* b =
+      reinterpret_cast<const unsigned char*>(head.data());
+  const size_t n = head.size();
+  if (n >= 24 && head.compare(0, 8, "\x89PNG\r\n\x1a\n") == 0 &&
+      head.compare(12, 4, "IHDR") == 0) {
+    *width = static_cast<uint32_t>(b[16]) << 24 | b[17] << 16 | b[18] << 8 |
+             b[19];
+    *height = static_cast<uint32_t>(b[20]) << 24 | b[21] << 16 | b[22] << 8 |
+              b[23];
+    return true;
+  }
+  if (n >= 26 && b[0] == 'B' && b[1] == 'M') {
+    const int32_t w = b[18] | b[19] << 8 | b[20] << 16 |
+                      static_cast<uint32_t>(b[21]) << 24;
+    const int32_t h = b[22] | b[23] << 8 | b[24] << 16 |
+                      static_cast<uint32_t>(b[25]) << 24;
+    *width = std::fabs(static_cast<double>(w));
+    *height = std::fabs(static_cast<double>(h));
+    return true;
+  }
+  if (n >= 2 && b[0] == 0xff && b[1] == 0xd8) {
+    for (size_t i = 2; i + 9 < n;) {
+      if (b[i] != 0xff) return false;
+      const int marker = b[i + 1];
+      if (marker == 0xd8 || marker == 0x01 || (marker >= 0xd0 &&
+          marker <= 0xd7)) {
+        i += 2;
+        continue;
+      }
+      if (marker >= 0xc0 && marker <= 0xcf && marker != 0xc4 &&
+          marker != 0xc8 && marker != 0xcc) {  // a start of frame
+        *height = b[i + 5] << 8 | b[i + 6];
+        *width = b[i + 7] << 8 | b[i + 8];
+        return true;
+      }
+      i += 2 + (b[i + 2] << 8 | b[i + 3]);
+    }
+  }
+  return false;
 }
 
 #ifdef USE_OPENCV
@@ -201,6 +291,16 @@ void image_to_datum(const Entry& e, const string& list, const string& path,
                     bool is_color, int height, int width, const string& enc,
                     Datum* datum) {
   datum->Clear();
+  double header_height, header_width;
+  if (!(height > 0 && width > 0) &&
+      header_size(path, &header_height, &header_width)) {
+    const string why = record_too_large(header_height, header_width,
+                                        is_color ? 3 : 1);
+    if (!why.empty()) {
+      fail(list, e.line, "image " + path + ": " + why + ": convert with "
+           "--resize_height and --resize_width");
+    }
+  }
   // Decoders such as libpng print their own errors on stderr: keep them
   // quiet, so a bad image gives our one line only.
   fflush(stderr);
@@ -391,6 +491,7 @@ void convert(const std::vector<Entry>& entries, const string& list,
   Datum datum;
   size_t data_size = 0;
   for (size_t i = 0; i < entries.size(); ++i) {
+    stop_if_signalled();
     const Entry& e = entries[i];
     string enc = FLAGS_encode_type;
     if (encoded && enc.empty()) {  // guess the encoding from the file name
@@ -512,7 +613,8 @@ int main(int argc, char** argv) {
         "that is not a finite number >= 0, a count other than the first\n"
         "line's, an all-zero row, a missing or undecodable image) stops the\n"
         "conversion with one message naming the list file and line, exit\n"
-        "status 1, and nothing written at DB_NAME.\n");
+        "status 1, and nothing written at DB_NAME. SIGINT, SIGTERM or\n"
+        "SIGHUP stop it the same way, with exit status 130.\n");
   gflags::ParseCommandLineFlags(&argc, &argv, true);
 
   if (argc != 4) {
@@ -532,6 +634,19 @@ int main(int argc, char** argv) {
   std::ostringstream tmp;
   tmp << (folder / ("." + name + ".partial-")).string() << getpid();
   const string tmp_path = tmp.str();
+  struct sigaction stop;
+  memset(&stop, 0, sizeof(stop));
+  stop.sa_handler = on_stop_signal;
+  stop.sa_flags = SA_RESTART;
+  sigemptyset(&stop.sa_mask);
+  const int stop_signals[] = { SIGINT, SIGTERM, SIGHUP };
+  for (int i = 0; i < 3; ++i) {
+    struct sigaction before;  // one ignored (nohup) stays ignored
+    if (sigaction(stop_signals[i], NULL, &before) == 0 &&
+        before.sa_handler != SIG_IGN) {
+      sigaction(stop_signals[i], &stop, NULL);
+    }
+  }
   Claim claim;
   try {
     if (db_path.empty()) fail("DB_NAME", 0, "is empty: name the DB");
@@ -552,6 +667,13 @@ int main(int argc, char** argv) {
     }
     if ((FLAGS_resize_height > 0) != (FLAGS_resize_width > 0)) {
       fail("--resize_height/--resize_width", 0, "give both (or neither)");
+    }
+    const string too_large = record_too_large(
+        std::max(0, FLAGS_resize_height), std::max(0, FLAGS_resize_width),
+        FLAGS_gray ? 1 : 3);
+    if (!too_large.empty()) {
+      fail("--resize_height/--resize_width", 0, too_large + ": choose a "
+           "smaller size");
     }
     if (!FLAGS_encode_type.empty() &&
         !cv::haveImageWriter("." + FLAGS_encode_type)) {
@@ -594,10 +716,19 @@ int main(int argc, char** argv) {
     }
     rmdir(tmp_path.c_str());
     convert(entries, list, root, tmp_path, db_path);
+    stop_if_signalled();
     boost::filesystem::rename(tmp_path, db_path);
     std::cerr << "convert_imageset_r: wrote " << entries.size()
               << " images with " << entries[0].dist.size()
               << "-value distributions to " << db_path << std::endl;
+  } catch (const Interrupted&) {
+    boost::system::error_code ignored;
+    boost::filesystem::remove_all(tmp_path, ignored);
+    const int sig = stop_signal;
+    std::cerr << "convert_imageset_r: " << db_path << ": interrupted ("
+              << (sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" :
+                  "SIGHUP") << "), nothing written" << std::endl;
+    return 130;
   } catch (const InputError& e) {
     boost::filesystem::remove_all(tmp_path);
     std::cerr << "convert_imageset_r: " << e.message << std::endl;

@@ -299,9 +299,9 @@ def convert(root, list_path, db_path, resize_height=0, resize_width=0,
     caffe_pb2()                              # import pycaffe before the bar starts
     workers = threads or min(8, os.cpu_count() or 1)
     results = _ordered_map(record, enumerate(entries), workers)
-    bar = tqdm(total=len(entries), unit="img", desc="convert",
-               file=sys.stderr, disable=not progress)
-    with quiet_opencv(), bar, atomic_output(db_path, new=True) as tmp:
+    with atomic_output(db_path, new=True) as tmp, quiet_opencv(), \
+            tqdm(total=len(entries), unit="img", desc="convert",
+                 file=sys.stderr, disable=not progress) as bar:
         _write_db(tmp, _counted(checked(results), bar),
                   max(1 << 28, len(entries) << 17))
     return len(entries)

@@ -113,6 +113,7 @@ def bad_inputs(tmp, root):
     """name -> (list text or None for a missing list, fragments of the
     message after 'TOOL: ')."""
     write_image(root / "good.png", seed=1)
+    write_image(root / "good2.png", seed=2)
     (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     good = "good.png 1 2 3\n"
     return {
@@ -120,7 +121,8 @@ def bad_inputs(tmp, root):
         "empty list": ("\n  \n", "list.txt: the list file is empty"),
         "missing image": (good + "gone.png 1 1 1\n",
                           "list.txt:2: image not found: "),
-        "undecodable image": (good + good + "broken.png 1 1 1\n",
+        "undecodable image": (good + "good2.png 1 1 1\n"
+                              "broken.png 1 1 1\n",
                               "list.txt:3: cannot decode image "),
         "abc": (good + "good.png 1 abc 1\n",
                 "list.txt:2: 'abc' is not a finite number"),
@@ -138,13 +140,17 @@ def bad_inputs(tmp, root):
                       "path"),
         "overflowing sum": (good + "good.png 1e308 1e308 1\n",
                             "list.txt:2: values too large"),
+        "a name twice": (good + "\ngood.png 3 2 1\n",
+                         "list.txt:3: 'good.png' is listed twice (lines 1 "
+                         "and 3): each image once (the name matches "
+                         "predictions to ground truth)"),
     }
 
 
 CASES = [
     "missing list", "empty list", "missing image", "undecodable image",
     "abc", "nan", "inf", "count", "negative", "all zero", "no values",
-    "overflowing sum"]
+    "overflowing sum", "a name twice"]
 
 
 @pytest.mark.parametrize("case", CASES)

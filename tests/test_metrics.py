@@ -185,7 +185,10 @@ def test_score_writes_reports(tmp_path):
     ("a 0 0\n", "a 1 0\n", ["gt.txt:1", "all values are zero"]),
     ("a 1 -1\n", "a 1 0\n", ["gt.txt:1", "negative value -1"]),
     ("", "a 1 0\n", ["gt.txt", "is empty"]),
-    ("a 1 0\na 0 1\n", "a 1 0\n", ["gt.txt", "'a' appears twice"]),
+    ("a 1 0\n\na 0 1\n", "a 1 0\n",
+     ["gt.txt:3", "'a' is listed twice (lines 1 and 3)"]),
+    ("a 1 0\n", "a 1 0\na 0 1\n",
+     ["pred.txt:2", "'a' is listed twice (lines 1 and 2)"]),
 ])
 def test_score_bad_input(tmp_path, gt, pred, fragments):
     (tmp_path / "gt.txt").write_text(gt)

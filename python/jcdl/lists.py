@@ -83,7 +83,8 @@ BOM_IN_LINE = ("a byte-order mark (U+FEFF) in the line, as where files saved "
 def read_distributions(path, what="list file", root=None):
     """Reads ``name p_1 ... p_K`` lines (blank lines skipped) as
     convert_imageset_r does, with its messages. Returns (names, P, line
-    numbers): P float64 (n, K), rows normalised to 1. With ``root``, each
+    numbers): P float64 (n, K), rows normalised to 1; no name twice (the
+    name is what matches predictions to ground truth). With ``root``, each
     name must also be an image file under it. Reads pipes too
     (/dev/stdin)."""
     path = os.fspath(path)
@@ -94,6 +95,7 @@ def read_distributions(path, what="list file", root=None):
         raise JcdlError(path, f"cannot open the {what}") from None
     pieces = text_bytes(data, path, what).split(b"\n")
     names, rows, lines, K = [], [], [], 0
+    first_line = {}   # of each name (convert_imageset_r says the same)
     for line_no, text in enumerate(pieces, 1):
         tokens = text.split()            # C isspace, as the C++ tool splits
         if not tokens:
@@ -120,8 +122,13 @@ def read_distributions(path, what="list file", root=None):
         if root is not None and not os.path.isfile(image_path(root, name)):
             raise JcdlError(path, "image not found: " +
                             image_path(root, name), line_no)
-        names.append(name)
         rows.append(to_distribution(values, path, line_no))
+        first = first_line.setdefault(name, line_no)
+        if first != line_no:
+            raise JcdlError(path, f"'{name}' is listed twice (lines {first} "
+                            f"and {line_no}): each image once (the name "
+                            "matches predictions to ground truth)", line_no)
+        names.append(name)
         lines.append(line_no)
     if not names:
         raise JcdlError(path, f"the {what} is empty")

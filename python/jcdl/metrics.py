@@ -232,18 +232,13 @@ def write_reports(out_dir, P, Q, class_names):
 
 def match_by_name(gt_path, pred_path):
     """Reads both files and returns (names, P, Q) in the ground truth's
-    order; every name must be in both files, with the same K."""
+    order; every name must be in both files (once: read_distributions),
+    with the same K."""
     gt_names, P, _ = read_distributions(gt_path, what="ground-truth file")
     pred_names, Q, _ = read_distributions(pred_path, what="prediction file")
     if P.shape[1] != Q.shape[1]:
         raise JcdlError(pred_path, f"{Q.shape[1]} values per line, but "
                         f"{gt_path} has {P.shape[1]}")
-    for path, names in ((gt_path, gt_names), (pred_path, pred_names)):
-        seen = set()
-        for i, name in enumerate(names):
-            if name in seen:
-                raise JcdlError(path, f"'{name}' appears twice")
-            seen.add(name)
     index = {n: i for i, n in enumerate(pred_names)}
     missing = [n for n in gt_names if n not in index]
     if missing:

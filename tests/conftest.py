@@ -44,6 +44,15 @@ def assert_clean_error(proc, *fragments):
         assert f in lines[-1], (f, proc.stderr)
 
 
+def strict_json(text):
+    """json.loads, refusing what strict JSON decoders refuse and Python's
+    takes: a lone surrogate ("\\udce9", a byte name's surrogate escaped)."""
+    import json
+    obj = json.loads(text)
+    json.dumps(obj, ensure_ascii=False).encode("utf-8")   # raises on one
+    return obj
+
+
 def write_image(path, width=32, height=24, seed=0, color=None):
     """A real image file (format from the suffix) with random texture; a
     colour (B, G, R) tints it."""

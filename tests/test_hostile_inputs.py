@@ -14,7 +14,8 @@ import lmdb
 import numpy as np
 import pytest
 
-from conftest import assert_clean_error, jcdl, png_claiming, run, write_image
+from conftest import (assert_clean_error, jcdl, png_claiming, run,
+                      strict_json, write_image)
 from jcdl import netgen
 from jcdl.caffenet import import_caffe
 
@@ -139,6 +140,19 @@ def test_byte_names_predict_and_evaluate(w, tmp_path):
         assert LATIN1 + b" " in (tmp_path / ev / "predictions.txt") \
             .read_bytes()
         assert (tmp_path / ev / "distributions.png").stat().st_size > 0
+
+
+def test_byte_names_are_valid_unicode_in_predicts_json(w):
+    """predict's records, as strict JSON decoders take them: a name that is
+    not UTF-8 is "image" in valid Unicode (U+FFFD for the bad byte) and
+    "image_bytes", its bytes in hex; a UTF-8 name has no "image_bytes"."""
+    byte_img = bytes(w / "img") + b"/" + LATIN1
+    proc = jcdl("predict", *net_args(w), fs(byte_img), w / "img/a.png")
+    a, b = (strict_json(line) for line in proc.stdout.splitlines())
+    assert a["image"] == f"{w}/img/caf\ufffd.png"
+    assert bytes.fromhex(a["image_bytes"]) == byte_img
+    assert b["image"] == f"{w}/img/a.png" and "image_bytes" not in b
+    assert list(a) == ["image", "image_bytes", "distribution", "dominant"]
 
 
 # ------------------------------------------------ 2. an output inside an input
@@ -276,16 +290,18 @@ def test_evaluate_out_with_1000_classes_is_bounded(w, tmp_path):
     write_deploy(tmp_path / "deploy.prototxt", k=K)
     write_weights(tmp_path / "deploy.prototxt", tmp_path / "w.caffemodel")
     lines = []
-    for i in range(n):
+    (tmp_path / "img").mkdir()
+    for i in range(n):   # each name once: links to three images
+        (tmp_path / f"img/{i}.png").symlink_to(
+            w / "img" / ["a.png", "b.png", "c.png"][i % 3])
         p = rng.dirichlet(np.ones(K) * 0.1)
-        lines.append(f"{['a.png', 'b.png', 'c.png'][i % 3]} "
-                     + " ".join(f"{v:.6g}" for v in p) + "\n")
+        lines.append(f"{i}.png " + " ".join(f"{v:.6g}" for v in p) + "\n")
     (tmp_path / "l.txt").write_text("".join(lines))
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t = time.time()
     jcdl("evaluate", "--model", tmp_path / "deploy.prototxt", "--weights",
          tmp_path / "w.caffemodel", "--mean", w / "mean.binaryproto",
-         "--list", tmp_path / "l.txt", "--root", w / "img", "--out",
+         "--list", tmp_path / "l.txt", "--root", tmp_path / "img", "--out",
          tmp_path / "ev")
     took = time.time() - t
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss

@@ -284,15 +284,34 @@ class Model:
         return Q
 
     def records(self, names, Q):
-        """What ``jcdl predict`` prints, one dict per image: ``image``,
-        ``distribution`` ({emotion: q}) and ``dominant``."""
+        """What ``jcdl predict`` prints, one dict per image: ``image`` (and
+        ``image_bytes``: see name_fields), ``distribution`` ({emotion: q})
+        and ``dominant``."""
         if len(names) != len(Q):
             raise ValueError(f"{len(names)} names for {len(Q)} predictions")
-        return [{"image": str(name),
+        return [{**name_fields(name),
                  "distribution": {c: float(v) for c, v in
                                   zip(self.classes, q)},
                  "dominant": self.classes[int(np.argmax(q))]}
                 for name, q in zip(names, Q)]
+
+
+def name_fields(name):
+    """A file name as JSON takes it strictly: ``image``, valid Unicode
+    (bytes that are not UTF-8 become U+FFFD), and only for a name that is
+    not UTF-8 (an old Latin-1 archive's), ``image_bytes``: its exact bytes
+    in hex. ``name``: a str whose bytes that are not UTF-8 are surrogates
+    (os.fsdecode's), a path, or bytes."""
+    text = valid_unicode(name)
+    if text == os.fsdecode(name):
+        return {"image": text}
+    return {"image": text, "image_bytes": os.fsencode(name).hex()}
+
+
+def valid_unicode(text):
+    """Text (or bytes) with the bytes that are not UTF-8 (surrogates, in a
+    str) as U+FFFD: what strict JSON takes."""
+    return os.fsencode(text).decode("utf-8", "replace")
 
 
 def load_model(model, weights, mean=None, resize=None, classes=None,

@@ -226,8 +226,9 @@ def atomic_output(path, new=False):
     by a folder (the caller has checked it is its own output), never by a
     file; errors about the temporary name (a full disk) are reported about
     ``path``. The block holds the claim on ``path`` (another process writing
-    it is refused; the folders made for it are removed again on failure); with ``new``, a ``path`` that exists is refused, once
-    claimed. Stale temporaries of killed writers are cleaned up first."""
+    it is refused; the folders made for it are removed again on failure);
+    with ``new``, a ``path`` that exists is refused, once claimed. Stale
+    temporaries of killed writers are cleaned up first."""
     path = output_path(path)
     with claim(path):
         if new and os.path.lexists(path):

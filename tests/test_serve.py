@@ -8,6 +8,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 
 from conftest import (BIN, ROOT, assert_clean_error, jcdl, png_claiming,
-                      write_image)
+                      strict_json, write_image)
 
 sys.path.insert(0, str(ROOT / "tools"))
 from webdriver import Browser  # noqa: E402
@@ -157,7 +158,7 @@ class Server:
         status, headers, data = self.request(method, path, body, headers)
         assert headers.get("Content-Type", "").startswith(
             "application/json"), (status, headers, data[:200])
-        return status, json.loads(data)
+        return status, strict_json(data)
 
     def upload(self, parts, field="image"):
         """POST /api/predict with (filename, bytes) parts in a multipart
@@ -168,16 +169,18 @@ class Server:
 
 
 def multipart(parts, field="image"):
-    """A multipart/form-data body of (filename, bytes[, field]) parts."""
+    """A multipart/form-data body of (filename, bytes[, field]) parts; a
+    filename given as bytes is sent as those bytes."""
     boundary = uuid.uuid4().hex
     chunks = []
     for part in parts:
         name, data = part[:2]
         fld = part[2] if len(part) > 2 else field
+        name = name if isinstance(name, bytes) else name.encode()
         chunks.append(
             f'--{boundary}\r\nContent-Disposition: form-data; name="{fld}";'
-            f' filename="{name}"\r\nContent-Type: application/octet-stream'
-            f'\r\n\r\n'.encode() + data + b"\r\n")
+            f' filename="'.encode() + name + b'"\r\nContent-Type: '
+            b'application/octet-stream\r\n\r\n' + data + b"\r\n")
     chunks.append(f"--{boundary}--\r\n".encode())
     return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
 
@@ -286,10 +289,14 @@ def bad_uploads(net):
         ("a header claiming 60000 x 60000 pixels", "POST", "/api/predict",
          *multipart([("bomb.png", png_claiming(60000, 60000))]), 413,
          ["bomb.png", "too large", "hundreds of millions", "--max-pixels"]),
+        ("a part without its Content-Disposition", "POST", "/api/predict",
+         b"--x\r\nContent-Type: image/png\r\n\r\n" + png + b"\r\n--x--\r\n",
+         "multipart/form-data; boundary=x", 400,
+         ["not a valid multipart form", "Content-Disposition"]),
     ]
 
 
-@pytest.mark.parametrize("case", range(12))
+@pytest.mark.parametrize("case", range(13))
 def test_bad_requests_get_a_4xx_json_error(server, net, case):
     what, method, path, body, ctype, status, fragments = \
         bad_uploads(net)[case]
@@ -303,6 +310,96 @@ def test_bad_requests_get_a_4xx_json_error(server, net, case):
     f = net["files"][2]
     ok, records = server.upload([(f.name, read(f))])
     assert ok == 200 and records[0]["image"] == f.name
+
+
+def test_a_latin1_file_name_is_accepted(server, net, tmp_path):
+    """An upload whose file name is Latin-1 bytes (curl sends a local name
+    as it is): predicted, its record the one `jcdl predict` prints for a
+    file of that name ("image" valid Unicode, "image_bytes" the bytes); a
+    bad one is named the same way in its error."""
+    latin1 = b"caf\xe9.png"
+    same = tmp_path / os.fsdecode(latin1)
+    same.write_bytes(read(net["files"][0]))
+    status, records = server.upload([(latin1, read(same))])
+    assert status == 200, records
+    assert records == predict_cli(net, [same])
+    assert records[0]["image"] == "caf\ufffd.png"
+    assert bytes.fromhex(records[0]["image_bytes"]) == latin1
+    status, answer = server.upload([(latin1, b"not pixels")])
+    assert status == 400 and answer["image"] == "caf\ufffd.png", answer
+    assert bytes.fromhex(answer["image_bytes"]) == latin1
+    assert answer["error"].startswith("caf\ufffd.png: not an image")
+
+
+def raw_exchange(port, data, timeout=30, end=False):
+    """Sends bytes on a real socket (with ``end``, then ends its sending
+    side) and reads until the server closes it: (the whole answer, seconds
+    until closed)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        t = time.time()
+        s.sendall(data)
+        if end:
+            s.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+        return answer, time.time() - t
+
+
+@pytest.mark.parametrize("data, status", [
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"GET / HTTP/9.9\r\n\r\n", 505),
+    (b"GET /" + b"x" * 70000 + b" HTTP/1.1\r\n\r\n", 414),
+    (b"GET / HTTP/1.1\r\nX: " + b"y" * 70000 + b"\r\n\r\n", 431),
+    (b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 200 + b"\r\n", 431),
+])
+def test_malformed_http_gets_the_json_error(server, net, data, status):
+    """What the HTTP server refuses before the API sees it (a bad request
+    line, a version it does not speak, a line or headers too long): the
+    API's JSON error shape, not an HTML page; serving goes on."""
+    answer, _ = raw_exchange(server.port, data)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert re.match(rf"HTTP/1\.[01] {status} ", lines[0]), lines[0]
+    assert "Content-Type: application/json" in lines, lines
+    error = strict_json(body)
+    assert list(error) == ["error"] and error["error"].startswith(
+        f"{status} "), error
+    f = net["files"][2]
+    ok, records = server.upload([(f.name, read(f))])
+    assert ok == 200 and records[0]["image"] == f.name
+
+
+def test_a_stalled_client_is_dropped_after_the_timeout(net, tmp_path):
+    """--timeout 1: a client that sends half its request line or its
+    headers and stalls is disconnected after about a second (its thread
+    freed); one that stalls in its body gets a 408 JSON error first, one
+    whose body ends early a 400. The server goes on serving."""
+    s = Server(net, "--timeout", 1, cwd=tmp_path)
+    try:
+        f = net["files"][0]
+        body, ctype = multipart([(f.name, read(f))])
+        for half in (b"POST /api/pre",
+                     b"POST /api/predict HTTP/1.1\r\nHost: x\r\n"):
+            answer, took = raw_exchange(s.port, half)
+            assert answer == b"" and 0.5 < took < 10, (half, took)
+        half = (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                + ctype.encode() + b"\r\nContent-Length: %d\r\n\r\n"
+                % len(body) + body[:len(body) // 2])
+        for end, status, said in (
+                (False, 408, "the request stalled: no data for --timeout"),
+                (True, 400, "the request ended early")):
+            answer, took = raw_exchange(s.port, half, end=end)
+            assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:300]
+            assert took < 10 and (end or took > 0.5), took
+            error = strict_json(answer.partition(b"\r\n\r\n")[2])
+            assert error["error"].startswith(said), error
+        ok, records = s.upload([(f.name, read(f))])
+        assert ok == 200 and records == predict_cli(net, [f])
+    finally:
+        rc = s.stop()
+    assert rc == 0 and "Traceback" not in s.stderr, s.stderr
+    assert s.stderr.count("Request timed out") == 2, s.stderr
 
 
 def test_a_burst_of_concurrent_requests(server, net):

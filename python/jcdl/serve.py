@@ -15,11 +15,13 @@ predict``) and served by werkzeug's threaded WSGI server:
 - ``GET /api/info``: model, weights, classes, k and the limits.
 
 A bad request gets a 4xx JSON ``{"error": "..."}`` naming what is wrong
-(and ``"image"`` when one file is at fault); the server goes on. Uploads are
-held in memory only (werkzeug would spool files over 500 KB to a temporary
-file; ``_Request`` gives it BytesIO instead), bounded by ``--max-size`` per
-image and ``--max-files`` per request. Requests are parsed concurrently, and
-the net (not thread-safe) is used under a lock, one request at a time.
+(and ``"image"`` when one file is at fault), malformed HTTP included; the
+server goes on. Uploads are parsed here (``multipart_parts``, with
+werkzeug's decoder) and held in memory only, bounded by ``--max-size`` per
+image and ``--max-files`` per request; a file name that is not UTF-8 is
+kept as its bytes. A client that sends nothing for ``--timeout`` seconds
+is dropped. Requests are parsed concurrently, and the net (not
+thread-safe) is used under a lock, one request at a time.
 Ctrl-C (or SIGTERM) stops the server, waits for a forward in progress and
 exits 0.
 """
@@ -36,6 +38,7 @@ import warnings
 from importlib import resources
 
 from .errors import JcdlError, int_arg
+from .predict import name_fields, valid_unicode
 
 FIELD = "image"
 DEFAULT_MAX_SIZE = 16 * 2 ** 20      # bytes per image
@@ -46,6 +49,8 @@ FORM_OVERHEAD = 64 * 1024            # other form fields, boundaries
 FORM_MEMORY = 2 ** 20                # a text field / the parser's buffer
 DRAIN_LIMIT = 256 * 2 ** 20          # a refused body read to its end
 STOP_WAIT_S = 60                     # how long Ctrl-C waits for a forward
+READ_TIMEOUT_S = 30                  # a client silent this long is dropped
+READ_CHUNK = 64 * 1024               # the body is read this much at a time
 
 CSP = ("default-src 'none'; script-src 'unsafe-inline'; "
        "style-src 'unsafe-inline'; img-src blob: data:; connect-src 'self'; "
@@ -131,9 +136,9 @@ class App:
             endpoint, _ = self.urls.bind_to_environ(environ).match()
             response = getattr(self, "on_" + endpoint)(request)
         except ApiError as e:
-            body = {"error": e.message}
+            body = {"error": valid_unicode(e.message)}
             if e.image is not None:
-                body["image"] = e.image
+                body.update(name_fields(e.image))
             response = self._json(body, e.status)
         except HTTPException as e:   # 404, 405, 413 from werkzeug
             response = self._json({"error": _http_message(e, request)},
@@ -141,6 +146,8 @@ class App:
             if e.code == 405:
                 response.headers["Allow"] = ", ".join(
                     e.valid_methods or ())
+        except (ConnectionError, TimeoutError):
+            raise    # a client gone or silent past --timeout: dropped
         except Exception as e:   # a bug: said in JSON, logged, serving on
             traceback.print_exc()
             response = self._json({"error": f"internal error: "
@@ -152,12 +159,7 @@ class App:
         app = self
 
         class _Request(Request):
-            max_content_length = app.max_request
-            max_form_memory_size = FORM_MEMORY
-            max_form_parts = app.max_files + 16
-
-            def _get_file_stream(self, *args, **kwargs):
-                return io.BytesIO()     # never a temporary file
+            max_content_length = app.max_request   # of request.stream
 
         return _Request(environ)
 
@@ -208,7 +210,8 @@ class App:
     # --------------------------------------------------------- uploads
     def _uploads(self, request):
         """(names, bytes) of the request's images, or ApiError."""
-        from werkzeug.exceptions import RequestEntityTooLarge  # noqa
+        from werkzeug.exceptions import (  # noqa: PLC0415
+            ClientDisconnected, RequestEntityTooLarge)
         if request.mimetype != "multipart/form-data":
             raise ApiError(415, f"not a multipart upload "
                            f"({request.mimetype or 'no Content-Type'}): "
@@ -219,17 +222,32 @@ class App:
             _drain(request.environ, length)
             raise ApiError(413, self._too_large_request(length))
         try:
-            files = request.files
+            parts = multipart_parts(
+                request.stream,
+                request.mimetype_params.get("boundary", "").encode("latin-1"),
+                self.max_files + 16)
         except RequestEntityTooLarge:
             if length is not None and length <= self.max_request:
                 raise ApiError(413, f"too many parts in the form, or a text "
                                f"field too large: at most {self.max_files} "
                                f"files a request (--max-files)") from None
             raise ApiError(413, self._too_large_request(length)) from None
-        chosen = [f for f in files.getlist(FIELD)
-                  if f.filename or f.stream.getbuffer().nbytes]
+        except ValueError as e:
+            raise ApiError(400, f"not a valid multipart form ({e}): send "
+                           f"the images in the field '{FIELD}'") from None
+        except ClientDisconnected as e:   # raised while reading it failed
+            if isinstance(e.__context__, TimeoutError):
+                raise ApiError(408, "the request stalled: no data for "
+                               "--timeout seconds before its end") from None
+            raise ApiError(400, "the request ended early (the client went "
+                           "away, or its chunked encoding is broken)") \
+                from None
+        files = [(field, name, data) for field, name, data in parts
+                 if name is not None]
+        chosen = [(name, bytes(data)) for field, name, data in files
+                  if field == FIELD and (name or data)]
         if not chosen:
-            other = sorted(set(files) - {FIELD})
+            other = sorted({field for field, _, _ in files} - {FIELD})
             hint = (f" (the form has {', '.join(repr(o) for o in other)})"
                     if other else "")
             raise ApiError(400, f"no file: send one or more images in the "
@@ -238,9 +256,8 @@ class App:
             raise ApiError(400, f"too many files: {len(chosen)}, at most "
                            f"{self.max_files} a request (--max-files)")
         names, blobs = [], []
-        for f in chosen:
-            name = f.filename or FIELD
-            data = f.stream.getvalue()
+        for name, data in chosen:
+            name = name or FIELD
             if not data:
                 raise ApiError(400, f"{name}: empty file, not an image",
                                name)
@@ -266,6 +283,52 @@ class App:
         return (f"too large: {what}, the limit is {self.max_files} images "
                 f"of at most {human(self.max_size)} (--max-files, "
                 f"--max-size)")
+
+
+def multipart_parts(stream, boundary, max_parts):
+    """(field, file name or None for a text field, bytearray) of each part
+    of a multipart/form-data body, read from ``stream`` with werkzeug's
+    decoder. Part headers are read as UTF-8, and bytes that are not UTF-8
+    (a file name in Latin-1, as curl sends an old archive's) as surrogates,
+    where werkzeug's own parser drops the whole form. ValueError for a
+    malformed body; RequestEntityTooLarge past ``max_parts`` parts or a
+    text field past FORM_MEMORY."""
+    from werkzeug.datastructures import Headers  # noqa: PLC0415
+    from werkzeug.exceptions import RequestEntityTooLarge  # noqa: PLC0415
+    from werkzeug.sansio import multipart  # noqa: PLC0415
+
+    class Decoder(multipart.MultipartDecoder):
+        def _parse_headers(self, data):
+            data = multipart.HEADER_CONTINUATION_RE.sub(b" ", data)
+            headers = []
+            for line in data.splitlines():
+                name, _, value = line.strip(b" \t").decode(
+                    "utf-8", "surrogateescape").partition(":")
+                if name:
+                    headers.append((name.strip(" \t"), value.strip(" \t")))
+            return Headers(headers)
+
+    if not boundary:
+        raise ValueError("no boundary in its Content-Type")
+    decoder = Decoder(boundary, max_form_memory_size=FORM_MEMORY,
+                      max_parts=max_parts)
+    parts = []
+    while True:
+        chunk = stream.read(READ_CHUNK)
+        decoder.receive_data(chunk or None)
+        event = decoder.next_event()
+        while not isinstance(event, (multipart.Epilogue, multipart.NeedData)):
+            if isinstance(event, (multipart.Field, multipart.File)):
+                parts.append((event.name, getattr(event, "filename", None),
+                              bytearray()))
+            elif isinstance(event, multipart.Data):
+                field, name, data = parts[-1]
+                data += event.data
+                if name is None and len(data) > FORM_MEMORY:
+                    raise RequestEntityTooLarge()
+            event = decoder.next_event()
+        if isinstance(event, multipart.Epilogue) or not chunk:
+            return parts
 
 
 def _drain(environ, length):
@@ -313,24 +376,52 @@ def url_of(sock):
     return f"http://{host}:{port}/"
 
 
-def _handler():
+def _handler(timeout):
     from werkzeug.serving import WSGIRequestHandler  # noqa: PLC0415
 
     class Handler(WSGIRequestHandler):
-        """werkzeug's, logging plain lines (no terminal colours)."""
+        """werkzeug's, logging plain lines (no terminal colours), with a
+        read timeout (a client silent that long is dropped, its thread
+        freed) and the API's JSON error for malformed HTTP."""
+
+        def setup(self):
+            self.timeout = timeout   # the socket's, from StreamRequestHandler
+            super().setup()
 
         def log_request(self, code="-", size="-"):
             line = "".join(c if c.isprintable() else "?"
                            for c in getattr(self, "requestline", ""))
             self.log("info", '"%s" %s %s', line, code, size)
+
+        def send_error(self, code, message=None, explain=None):
+            """http.server's answer to a request it cannot parse (a bad
+            request line, headers too long or too many), as the API's
+            ``{"error": ...}`` instead of an HTML page."""
+            short, long = self.responses.get(code, ("Error", ""))
+            if self.request_version == "HTTP/0.9":   # no version read yet:
+                self.request_version = "HTTP/1.0"    # a status line anyway
+            body = (json.dumps({"error": f"{code} {message or short}: "
+                                         f"{explain or long}"}) + "\n")
+            body = body.encode("utf-8")
+            self.log_error("code %d, message %s", code, message)
+            self.send_response(code, message)
+            self.send_header("Connection", "close")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            if self.command != "HEAD" and code >= 200 and \
+                    code not in (204, 304):
+                self.wfile.write(body)
     return Handler
 
 
-def make_server(app, sock):
+def make_server(app, sock, timeout=READ_TIMEOUT_S):
     from werkzeug.serving import make_server as werkzeug_server  # noqa
     host, port = sock.getsockname()[:2]
     server = werkzeug_server(host, port, app, threaded=True,
-                             request_handler=_handler(), fd=sock.fileno())
+                             request_handler=_handler(timeout),
+                             fd=sock.fileno())
     sock.close()   # the server holds its own duplicate
     return server
 
@@ -341,17 +432,18 @@ def _stop(signum, frame):
 
 def serve(model, host="127.0.0.1", port=8000, max_size=DEFAULT_MAX_SIZE,
           max_files=DEFAULT_MAX_FILES, max_pixels=DEFAULT_MAX_PIXELS,
-          batch=32, load=None):
+          batch=32, load=None, timeout=READ_TIMEOUT_S):
     """Serves until Ctrl-C or SIGTERM. ``model``: a loaded predict.Model,
     or None with ``load`` a function returning one (called after the port
-    is bound, so that a busy port is found before the slow loading)."""
+    is bound, so that a busy port is found before the slow loading).
+    ``timeout``: seconds a client may send nothing before it is dropped."""
     sock = listen(host, port)
     try:
         app = App(model, max_size, max_files, max_pixels, batch)
         if app.model is None:
             app.model = load()
         url = url_of(sock)
-        server = make_server(app, sock)
+        server = make_server(app, sock, timeout)
     except BaseException:
         sock.close()
         raise
@@ -386,7 +478,8 @@ def cmd_serve(args):
     from .predict import model_from_args  # noqa: PLC0415
     serve(None, host=args.host, port=args.port, max_size=args.max_size,
           max_files=args.max_files, max_pixels=args.max_pixels,
-          batch=args.batch, load=lambda: model_from_args(args))
+          batch=args.batch, load=lambda: model_from_args(args),
+          timeout=args.timeout)
 
 
 def register(sub):
@@ -417,4 +510,8 @@ def register(sub):
     p.add_argument("--max-pixels", type=int_arg(1), default=DEFAULT_MAX_PIXELS,
                    help=f"largest width x height accepted (default "
                         f"{DEFAULT_MAX_PIXELS})")
+    p.add_argument("--timeout", type=int_arg(1, 3600),
+                   default=READ_TIMEOUT_S, metavar="SECONDS",
+                   help=f"drop a client that sends nothing for this long "
+                        f"(default {READ_TIMEOUT_S})")
     p.set_defaults(func=cmd_serve)

@@ -5,6 +5,7 @@ names."""
 import errno
 import math
 import os
+import re
 import shutil
 import sys
 import threading
@@ -104,10 +105,12 @@ class Trainer:
         self.failure = None  # (file, why): a write failed, training stops
         self.snapshot_bytes = None  # the size of the last snapshot
 
-    # Caffe aborts the process (a CHECK) when a snapshot cannot be
-    # written: the room for the next one is held by a reserve file,
-    # released just before Caffe writes it and taken again after; when it
-    # cannot be taken again, training stops with the snapshot just written
+    # The room for the next snapshot is held by a reserve file, released
+    # just before Caffe writes it and taken again after; when it cannot be
+    # taken again, training stops with the snapshot just written. Should
+    # another process take the room in between, Caffe's write fails (it
+    # throws, by patch 0013, rather than aborting) and training stops with
+    # the snapshot before
     def room_needed(self):
         """Bytes the next snapshot needs: the last one's, or before any,
         the parameters as floats, once for the caffemodel and twice for the
@@ -159,7 +162,18 @@ class Trainer:
             self.fail(os.path.dirname(model) or ".",
                       os.strerror(errno.ENOSPC))
             return
-        self.solver.snapshot()
+        try:
+            self.solver.snapshot()
+        except RuntimeError as e:   # Caffe's write failed (patch 0013):
+            # another process took the room just released; the earlier
+            # snapshot stays the last good one
+            for path in (tmp_model, tmp_state):
+                if os.path.exists(path):
+                    os.unlink(path)
+            why = re.search(r"cannot write \((.*)\)$", str(e))
+            self.fail(os.path.dirname(model) or ".",
+                      why[1] if why else str(e))
+            return
         set_learned_net(tmp_state, model)
         for path in (tmp_model, tmp_state):
             with open(path, "rb+") as f:

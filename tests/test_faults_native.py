@@ -1,0 +1,353 @@
+"""Faults met inside the C++ side, through the real commands: a record over
+protobuf's 2 GB refused from the image header by convert_imageset_r; real
+SIGINT/SIGTERM/SIGHUP stopping convert_imageset_r with nothing left; a disk
+filled by another process in the moment between jcdl train releasing its
+reserve and Caffe writing the snapshot (patch 0013, a real tmpfs and a real
+second process); an LMDB truncated in place while Caffe reads it (patch
+0015). Every case: one line naming the file, a non-zero exit, no partial
+output, what was there before intact."""
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import (BIN, assert_clean_error, jcdl, png_claiming, run,
+                      write_image)
+from test_faults import FULL, Disk
+from test_train import make_lmdb, make_mean, set_solver, small_solver
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="mounting a tmpfs needs root")
+
+
+@pytest.fixture
+def disk(tmp_path):
+    d = Disk(tmp_path / "disk", size="4m")
+    yield d
+    d.umount()
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """The K = 7 LMDBs and mean the small net trains on."""
+    root = tmp_path_factory.mktemp("native")
+    (root / "data").mkdir()
+    make_lmdb(root / "data/train7", 40, 7, seed=7)
+    make_lmdb(root / "data/test7", 20, 7, seed=8)
+    make_mean(root / "data/mean.binaryproto")
+    return root
+
+
+# ------------------------------------- 1. a record over 2 GB, from its header
+
+def bmp_claiming(width, height):
+    """A 24-bit BMP file whose header claims width x height, with no
+    pixels."""
+    header = struct.pack("<2sIHHI", b"BM", 54, 0, 0, 54)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0,
+                       2835, 2835, 0, 0)
+    return header + info
+
+
+def jpeg_claiming(width, height):
+    """A real small JPEG whose start of frame is rewritten to claim
+    width x height."""
+    ok, buf = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))
+    assert ok
+    data = bytearray(buf.tobytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("kind", ["png", "bmp", "jpg"])
+def test_convert_imageset_r_refuses_a_record_over_2_gb(tmp_path, kind):
+    """40000 x 20000 x 3 is 2.4 GB of pixels: refused from the header,
+    before decoding, with jcdl convert's message, list file and line."""
+    claim = {"png": png_claiming, "bmp": bmp_claiming,
+             "jpg": jpeg_claiming}[kind]
+    write_image(tmp_path / "img/a.png")
+    (tmp_path / f"img/huge.{kind}").write_bytes(claim(40000, 20000))
+    (tmp_path / "l.txt").write_text(f"a.png 1 2\nhuge.{kind} 1 1\n")
+    proc = run("convert_imageset_r", f"{tmp_path / 'img'}/",
+               tmp_path / "l.txt", tmp_path / "db", check=False)
+    assert_clean_error(proc, "l.txt:2: image", f"huge.{kind}: 40000x20000x3 "
+                       "(WxHxC) is 2400000000 bytes of pixels, more than a "
+                       "Caffe record can hold (2 GB): convert with "
+                       "--resize_height and --resize_width")
+    assert proc.returncode == 1
+    (tmp_path / f"img/huge.{kind}").write_bytes(claim(50000, 50000))
+    proc = run("convert_imageset_r", "--gray", f"{tmp_path / 'img'}/",
+               tmp_path / "l.txt", tmp_path / "db", check=False)
+    assert_clean_error(proc, "l.txt:2: image", f"huge.{kind}: 50000x50000x1 "
+                       "(WxHxC) is 2500000000 bytes of pixels")
+    proc = run("convert_imageset_r", "--resize_height=30000",
+               "--resize_width=30000", f"{tmp_path / 'img'}/",
+               tmp_path / "l.txt", tmp_path / "db", check=False)
+    assert_clean_error(proc, "--resize_height/--resize_width: 30000x30000x3 "
+                       "(WxHxC) is 2700000000 bytes of pixels",
+                       "choose a smaller size")
+    assert sorted(os.listdir(tmp_path)) == ["img", "l.txt"]
+
+
+# ----------------------------------------------- 2. signals to the converter
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory):
+    """1200 images of 800 x 800 (20 files under many names), resized to
+    16 x 16: a conversion takes seconds, its DB a few MB."""
+    root = tmp_path_factory.mktemp("many")
+    lines = []
+    for i in range(1200):
+        if i < 20:
+            write_image(root / f"img/{i}.png", 800, 800, seed=i)
+        else:   # the same few files under many names
+            os.link(root / f"img/{i % 20}.png", root / f"img/{i}.png")
+        lines.append(f"{i}.png 1 2 3")
+    (root / "list.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM,
+                                 signal.SIGHUP])
+def test_a_signal_stops_convert_imageset_r_cleanly(many, tmp_path, sig):
+    """A real signal mid-conversion: one line naming the DB and the signal,
+    exit 130 (as jcdl convert), no DB, no partial one, no lock; what was in
+    the folder stays."""
+    (tmp_path / "earlier.txt").write_text("kept")
+    proc = subprocess.Popen(
+        [str(BIN / "convert_imageset_r"), "--resize_height=16",
+         "--resize_width=16", f"{many / 'img'}/", str(many / "list.txt"),
+         str(tmp_path / "db")], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".db.partial-*/data.mdb")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline
+        time.sleep(0.01)
+    time.sleep(0.2)   # into the images
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == (
+        f"convert_imageset_r: {tmp_path / 'db'}: interrupted ({sig.name}), "
+        "nothing written")
+    assert sorted(os.listdir(tmp_path)) == ["earlier.txt"]
+
+
+def test_an_ignored_sighup_stays_ignored(many, tmp_path):
+    """Under nohup (SIGHUP ignored) a hang-up does not stop it."""
+    proc = subprocess.Popen(
+        ["nohup", str(BIN / "convert_imageset_r"), "--resize_height=16",
+         "--resize_width=16", f"{many / 'img'}/",
+         str(many / "list.txt"), str(tmp_path / "db")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path)
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".db.partial-*/data.mdb")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGHUP)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert (tmp_path / "db/data.mdb").is_file()
+
+
+# ------------------------------------ 3. snapshot writes on a full disk (0013)
+
+PYCAFFE_SNAPSHOT = """
+import os, sys
+os.environ["GLOG_minloglevel"] = "2"
+import caffe
+caffe.set_mode_cpu()
+solver = caffe.get_solver(sys.argv[1])
+solver.step(1)
+solver.snapshot()                       # room for it: written
+solver.step(1)
+open(sys.argv[2], "w").close()          # the test fills the disk
+sys.stdin.readline()
+try:
+    solver.snapshot()
+except RuntimeError as e:
+    print("RuntimeError:", e)
+solver.step(1)                          # the process goes on
+print("iteration", solver.iter)
+"""
+
+
+@needs_root
+def test_pycaffe_snapshot_on_a_full_disk_raises(work, disk):
+    """Caffe's own write, with no reserve in front of it: RuntimeError
+    naming the file and the error, no abort, no partial file, the earlier
+    snapshot as it was."""
+    solver = small_solver(work, "pycaffe", 7, max_iter=10, snapshot=0,
+                          test_interval=100000)
+    set_solver(solver, snapshot_prefix=str(disk.path / "snap"))
+    ready = disk.path.parent / "ready"
+    proc = subprocess.Popen(
+        [str(BIN / "python"), "-c", PYCAFFE_SNAPSHOT, str(solver),
+         str(ready)], cwd=work, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not ready.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    before = disk.listing()
+    assert sorted(before) == ["snap_iter_1.caffemodel",
+                              "snap_iter_1.solverstate"]
+    disk.fill(4096)
+    out, err = proc.communicate("go\n", timeout=120)
+    assert proc.returncode == 0, err
+    assert out.splitlines() == [
+        f"RuntimeError: {disk.path}/snap_iter_2.caffemodel: cannot write "
+        f"({FULL})", "iteration 3"]
+    assert disk.listing() == before
+
+
+@needs_root
+def test_the_caffe_tool_on_a_full_disk_says_one_line(work, disk):
+    """The stock caffe tool's snapshot on a full disk: its one error line
+    naming the file, exit 1, not an abort."""
+    solver = small_solver(work, "tool", 7, max_iter=2, snapshot=2,
+                          test_interval=100000)
+    set_solver(solver, snapshot_prefix=str(disk.path / "snap"))
+    disk.fill(4096)
+    proc = run("caffe", "train", "--solver", solver, cwd=work, check=False,
+               timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Check failed" not in proc.stderr
+    assert_clean_error(proc, f"{disk.path}/snap_iter_2.caffemodel: cannot "
+                       f"write ({FULL})")
+    assert disk.listing() == {}
+
+
+# A real second process that fills the disk at the moment Caffe opens its
+# temporary for the N-th snapshot file of a kind: a fanotify permission
+# event holds that open() until the disk is full, so jcdl train has checked
+# the room (its reserve released) and Caffe finds none.
+FILLER = r"""
+import ctypes, os, re, struct, sys
+mount, pattern, nth = sys.argv[1], re.compile(sys.argv[2]), int(sys.argv[3])
+libc = ctypes.CDLL(None, use_errno=True)
+libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64,
+                               ctypes.c_int, ctypes.c_char_p]
+filler = os.open(os.path.join(mount, ".filler"), os.O_WRONLY | os.O_CREAT)
+fan = libc.fanotify_init(0x04 | 0x01, os.O_RDONLY)   # CLASS_CONTENT, CLOEXEC
+assert fan >= 0, os.strerror(ctypes.get_errno())
+assert libc.fanotify_mark(fan, 0x01 | 0x10, 0x10000, -100,   # ADD, MOUNT,
+                          mount.encode()) == 0               # OPEN_PERM
+print("ready", flush=True)
+seen = 0
+while True:
+    events = os.read(fan, 4096)
+    while events:
+        length, _, _, _, _, fd, _ = struct.unpack("IBBHQii", events[:24])
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if pattern.search(os.path.basename(path)):
+            seen += 1
+            if seen == nth:
+                st = os.statvfs(mount)
+                os.posix_fallocate(filler, os.fstat(filler).st_size,
+                                   st.f_bavail * st.f_frsize)
+                print("filled", path, flush=True)
+        os.write(fan, struct.pack("iI", fd, 0x01))           # ALLOW
+        os.close(fd)
+        events = events[length:]
+"""
+
+
+@pytest.fixture
+def filler(disk):
+    procs = []
+
+    def start(pattern, nth):
+        proc = subprocess.Popen([sys.executable, "-c", FILLER,
+                                 str(disk.path), pattern, str(nth)],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline() == "ready\n"
+        procs.append(proc)
+        return proc
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+@needs_root
+@pytest.mark.parametrize("kind", ["caffemodel", "solverstate"])
+def test_train_when_another_process_fills_the_disk_as_caffe_writes(
+        work, disk, filler, kind):
+    """The reserve is released, the room checked, and another process
+    takes it as Caffe opens the snapshot's caffemodel (or its solverstate,
+    the caffemodel written): Caffe's write fails; jcdl train stops with one
+    line naming the snapshot folder, the last good snapshot and the resume
+    command, exit 1, nothing of the failed snapshot left."""
+    name = os.path.relpath(disk.path / "run", work)
+    solver = small_solver(work, name, 7, max_iter=6, snapshot=2,
+                          test_interval=100000)
+    rel = os.path.relpath(solver, work)
+    fill = filler(rf"^\..*_iter_\d+\.{kind}\.partial-\d+$", 2)
+    proc = jcdl("train", "--solver", rel, cwd=work, check=False, timeout=120)
+    fill.kill()
+    assert fill.stdout.readline().startswith("filled ")
+    snapshots = f"{name}/snapshots"
+    state = f"{snapshots}/small_jcdl_iter_2.solverstate"
+    assert_clean_error(proc, f"jcdl train: {snapshots}: cannot write "
+                       f"({FULL}): training stopped at iteration 2, its "
+                       "snapshot kept; make room, then resume with: "
+                       f"jcdl train --solver {rel} --resume {state}")
+    assert proc.returncode == 1
+    assert "Check failed" not in proc.stderr
+    assert sorted(p for p in disk.listing() if "snapshots" in p) == [
+        "run/snapshots", "run/snapshots/small_jcdl_iter_2.caffemodel",
+        "run/snapshots/small_jcdl_iter_2.solverstate"]   # no temporary
+    disk.empty()   # room made: the command resumes
+    command = re.search(r"resume with: (.*)$", proc.stderr.strip())[1]
+    proc = jcdl(*command.split()[1:], cwd=work, timeout=120)
+    assert proc.stdout.strip() == f"{snapshots}/small_jcdl_iter_6.caffemodel"
+
+
+# ------------------------------------ 4. an LMDB truncated while read (0015)
+
+@pytest.mark.parametrize("tool", ["jcdl", "caffe"])
+def test_an_lmdb_truncated_while_training_is_named(work, tmp_path, tool):
+    """data.mdb cut to its two meta pages while Caffe reads it: the next
+    read of a page past the end is a bus error, said in one line naming
+    the LMDB (the prototxt's source), exit 1, instead of rc 135 and
+    nothing."""
+    shutil.copytree(work / "data", tmp_path / "data")
+    solver = small_solver(tmp_path, "net", 7, max_iter=100000, snapshot=0,
+                          test_interval=100000, display=5)
+    log = tmp_path / "log"   # jcdl's --log, or the caffe tool's stderr
+    args = ["train", "--solver", solver.relative_to(tmp_path)]
+    if tool == "jcdl":
+        args += ["--log", log]
+    env = dict(os.environ)
+    env.pop("GLOG_minloglevel", None)   # set by import_caffe in-process
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([str(BIN / tool), *map(str, args)],
+                                cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                stderr=stderr if tool == "caffe" else
+                                subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while "Iteration 10 " not in log.read_text():
+            assert proc.poll() is None, proc.communicate()
+            assert time.time() < deadline, "no 'Iteration 10'"
+            time.sleep(0.05)
+        os.truncate(tmp_path / "data/train7/data.mdb", 8192)
+        out, err = proc.communicate(timeout=120)
+    err = err or log.read_text()
+    assert proc.returncode == 1, err[-2000:]
+    assert err.strip().splitlines()[-1] == (
+        "data/train7: damaged LMDB: its data.mdb is shorter than its pages "
+        "(cut short while it was read?): make the LMDB again")

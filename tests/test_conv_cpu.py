@@ -1,8 +1,10 @@
-"""Caffe's CPU convolution on the paths patches 0010 and 0012 changed:
-im2col/col2im over whole rows, and a forward pass big enough (a column
-buffer above 4 Mi values) to be made and multiplied in bands of output rows.
-Caffe's gtests use small blobs only, which never reach the banded path;
-here a float64 NumPy convolution is the reference."""
+"""Caffe's CPU convolution on the paths patches 0010, 0012 and 0014
+changed: im2col/col2im over whole rows; a forward pass big enough (a column
+buffer above 4 Mi values) to be made and multiplied in bands of output rows;
+and stride 1 over at least 2048 output positions a batch, which runs one GEMM
+per kernel tap without a column buffer, forward and backward. Caffe's gtests
+use small blobs only, which never reach the banded or per-tap paths; here a
+float64 NumPy convolution and its gradients are the reference."""
 import os
 
 import numpy as np
@@ -13,8 +15,10 @@ caffe = pytest.importorskip("caffe")
 
 
 def reference(x, w, b, stride, pad, dilation, group):
-    """Direct convolution in float64: (N, C, H, W) * (M, C/g, kh, kw)."""
-    x = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    """Direct convolution in float64: (N, C, H, W) * (M, C/g, kh, kw); pad
+    is one number or (pad_h, pad_w)."""
+    ph, pw = (pad, pad) if np.ndim(pad) == 0 else pad
+    x = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     n, c, h, wd = x.shape
     m, cg, kh, kw = w.shape
     oh = (h - (dilation * (kh - 1) + 1)) // stride + 1
@@ -33,15 +37,51 @@ def reference(x, w, b, stride, pad, dilation, group):
     return out + b[None, :, None, None]
 
 
-def conv_net(tmp_path, shape, num, kernel, stride, pad, dilation, group):
+def reference_backward(x, w, top, stride, pad, dilation, group):
+    """The data and weight gradients of reference() for the top gradient
+    top, in float64: the same taps, transposed."""
+    ph, pw = (pad, pad) if np.ndim(pad) == 0 else pad
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    gx = np.zeros_like(xp)
+    gw = np.zeros(w.shape)
+    top = top.astype(np.float64)
+    n, m, oh, ow = top.shape
+    _, cg, kh, kw = w.shape
+    mg = m // group
+    for g in range(group):
+        cs, ms = slice(g * cg, (g + 1) * cg), slice(g * mg, (g + 1) * mg)
+        wg = w[ms].astype(np.float64)
+        for i in range(kh):
+            for j in range(kw):
+                rows = slice(i * dilation, i * dilation + stride * oh, stride)
+                cols = slice(j * dilation, j * dilation + stride * ow, stride)
+                gw[ms, :, i, j] = np.einsum("nmhw,nchw->mc", top[:, ms],
+                                            xp[:, cs, rows, cols])
+                gx[:, cs, rows, cols] += np.einsum("nmhw,mc->nchw",
+                                                   top[:, ms], wg[:, :, i, j])
+    return gx[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]], gw
+
+
+def conv_net(tmp_path, shape, num, kernel, stride, pad, dilation, group,
+             bottoms=1):
+    """A net of one Convolution over Input blobs data (and data2, ... when
+    bottoms > 1, sharing its weights); kernel and pad may be (h, w)."""
     from caffe import layers as L
     n = caffe.NetSpec()
-    n.data = L.Input(shape=dict(dim=list(shape)))
-    n.conv = L.Convolution(n.data, num_output=num, kernel_size=kernel,
-                           stride=stride, pad=pad, dilation=dilation,
-                           group=group, weight_filler=dict(type="gaussian",
-                                                           std=0.1),
-                           bias_filler=dict(type="gaussian", std=0.1))
+    size = (dict(kernel_h=kernel[0], kernel_w=kernel[1])
+            if isinstance(kernel, tuple) else dict(kernel_size=kernel))
+    size.update(dict(pad_h=pad[0], pad_w=pad[1]) if isinstance(pad, tuple)
+                else dict(pad=pad))
+    names = ["data"] + [f"data{i + 2}" for i in range(bottoms - 1)]
+    for name in names:
+        setattr(n, name, L.Input(shape=dict(dim=list(shape))))
+    tops = L.Convolution(*[getattr(n, name) for name in names],
+                         num_output=num, stride=stride, dilation=dilation,
+                         group=group, ntop=bottoms,
+                         weight_filler=dict(type="gaussian", std=0.1),
+                         bias_filler=dict(type="gaussian", std=0.1), **size)
+    for i, t in enumerate([tops] if bottoms == 1 else tops):
+        setattr(n, "conv" if i == 0 else f"conv{i + 1}", t)
     path = tmp_path / "conv.prototxt"
     proto = n.to_proto()
     proto.force_backward = True  # a data gradient for the Input blob
@@ -108,3 +148,95 @@ def test_backward_over_the_changed_col2im_matches_numpy(tmp_path):
                    * top).sum()
     assert np.abs(net.params["conv"][0].diff - gw).max() < 1e-3
     assert base.shape == top.shape
+
+
+# Stride 1 with at least 2048 output positions a batch and 32 input channels
+# a group: the per-tap path (patch 0014), forward and both gradients. (input shape, outputs, kernel,
+# pad, dilation, group, bottoms)
+TAP_CASES = [
+    ((1, 32, 48, 48), 8, 3, 1, 1, 1, 1),           # VGG-like, 2304 positions
+    ((2, 32, 33, 35), 4, (3, 5), (0, 2), 1, 1, 1),  # rectangular, odd sizes
+    ((1, 64, 50, 47), 6, 3, 2, 2, 2, 1),            # dilation and groups
+    ((2, 32, 31, 35), 5, (1, 4), (2, 0), 1, 1, 1),  # a 1 x 4 kernel, more pad
+    ((2, 32, 40, 40), 3, 3, 1, 1, 1, 2),            # two bottoms, one weight
+    ((1, 32, 64, 40), 2, 2, 0, 3, 1, 1),            # even kernel, no pad
+]
+
+
+@pytest.mark.parametrize("case", TAP_CASES,
+                         ids=lambda c: "x".join(map(str, c[0])))
+def test_per_tap_path_matches_numpy_forward_and_backward(tmp_path, case):
+    shape, num, kernel, pad, dilation, group, bottoms = case
+    caffe.set_mode_cpu()
+    net = conv_net(tmp_path, shape, num, kernel, 1, pad, dilation, group,
+                   bottoms)
+    oh, ow = net.blobs["conv"].data.shape[2:]
+    # the per-tap path's thresholds
+    assert shape[0] * oh * ow >= 2048 and shape[1] // group >= 32
+    rng = np.random.default_rng(2)
+    inputs = [n for n in net.inputs]
+    xs = [rng.standard_normal(shape).astype(np.float32) for _ in inputs]
+    for name, x in zip(inputs, xs):
+        net.blobs[name].data[...] = rng.standard_normal(shape)
+    net.forward()  # a pass before, whose buffers must not leak into the next
+    for name, x in zip(inputs, xs):
+        net.blobs[name].data[...] = x
+    net.forward()
+    w, b = net.params["conv"][0].data, net.params["conv"][1].data
+    tops = ["conv"] + [f"conv{i + 2}" for i in range(bottoms - 1)]
+    k = shape[1] // group * int(np.prod(w.shape[2:]))
+    gw_want = np.zeros(w.shape)
+    grads = []
+    for top_name, x in zip(tops, xs):
+        want = reference(x, w, b, 1, pad, dilation, group)
+        got = net.blobs[top_name].data
+        assert got.shape == want.shape
+        assert np.abs(got - want).max() < 1e-6 * k * 10
+        top = rng.standard_normal(got.shape).astype(np.float32)
+        net.blobs[top_name].diff[...] = top
+        gx, gw = reference_backward(x, w, top, 1, pad, dilation, group)
+        grads.append(gx)
+        gw_want += gw
+    for p in net.params["conv"]:
+        p.diff[...] = 0
+    net.backward()
+    for name, gx in zip(inputs, grads):
+        assert np.abs(net.blobs[name].diff - gx).max() < 1e-4
+    sums = shape[0] * oh * ow * bottoms  # products summed per weight
+    tol = 1e-6 * sums * 10
+    assert np.abs(net.params["conv"][0].diff - gw_want).max() < tol
+    # Caffe accumulates the weight gradient: a second pass adds as much
+    net.backward()
+    assert np.abs(net.params["conv"][0].diff - 2 * gw_want).max() < 2 * tol
+
+
+def test_per_tap_and_im2col_paths_agree_across_the_threshold(tmp_path):
+    """The same layer and weights at batch 1 (1024 positions: im2col) and
+    batch 2 (2048: per tap) give the same outputs and gradients per image."""
+    caffe.set_mode_cpu()
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 32, 32, 32)).astype(np.float32)
+    top = rng.standard_normal((2, 5, 32, 32)).astype(np.float32)
+    out = {}
+    for batch in (1, 2):
+        d = tmp_path / str(batch)
+        d.mkdir()
+        net = conv_net(d, (batch, 32, 32, 32), 5, 3, 1, 1, 1, 1)
+        if batch == 2:
+            for p, q in zip(net.params["conv"], out[1][3]):
+                p.data[...] = q
+        out[batch] = ([], [], [], [p.data.copy() for p in net.params["conv"]])
+        gw = 0
+        for i in range(0, 2, batch):
+            net.blobs["data"].data[...] = x[i:i + batch]
+            net.forward()
+            out[batch][0].append(net.blobs["conv"].data.copy())
+            net.blobs["conv"].diff[...] = top[i:i + batch]
+            for p in net.params["conv"]:
+                p.diff[...] = 0
+            net.backward()
+            out[batch][1].append(net.blobs["data"].diff.copy())
+            gw = gw + net.params["conv"][0].diff
+        out[batch][2].append(gw)
+    for a, b in zip(out[1][:3], out[2][:3]):
+        assert np.abs(np.concatenate(a) - np.concatenate(b)).max() < 1e-4

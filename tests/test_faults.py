@@ -318,12 +318,15 @@ def stopped_while_writing(proc, lock, timeout=60):
 
 @pytest.fixture(scope="module")
 def many(tmp_path_factory):
-    """A list of 1500 images: a convert takes a moment to write."""
+    """A list of 1500 images (20 files under 1500 names, each listed
+    once): a convert takes a moment to write."""
     work = tmp_path_factory.mktemp("many")
     for i in range(20):
         write_image(work / f"img/{i}.png", 48, 48, seed=i)
+    for i in range(20, 1500):
+        (work / f"img/{i}.png").symlink_to(f"{i % 20}.png")
     (work / "list.txt").write_text("".join(
-        f"img/{i % 20}.png 1 {i % 3}\n" for i in range(1500)))
+        f"img/{i}.png 1 {i % 3}\n" for i in range(1500)))
     return work
 
 

@@ -121,7 +121,7 @@ def test_the_cache_is_used_and_keyed_by_cpu_and_library(tmp_path, monkeypatch):
     sig = jcdl_blas.cpu_info()[0]
     own = jcdl_blas.own_choice(sig=sig)
     assert own == jcdl_blas.probe()[0]
-    path = Path(jcdl_blas.cache_path())
+    path = Path(jcdl_blas.cache_path(sig))
     lines = path.read_text().split("\n")
     assert lines[1] == own
     # a valid entry is believed without loading the library...
@@ -134,6 +134,27 @@ def test_the_cache_is_used_and_keyed_by_cpu_and_library(tmp_path, monkeypatch):
     lines[1], lines[3] = "Bogus", "1 2 3"
     path.write_text("\n".join(lines))
     assert jcdl_blas.own_choice(sig=sig) == own
+
+
+def test_processes_with_another_library_path_keep_their_own_entry(
+        tmp_path, monkeypatch):
+    """Starts with different LD_LIBRARY_PATHs (a test, a tool wrapper)
+    each keep their entry instead of replacing one another's, which made
+    every other start probe a child process."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    sig = jcdl_blas.cpu_info()[0]
+    paths = {}
+    for ld in ("", str(tmp_path / "elsewhere")):
+        monkeypatch.setenv("LD_LIBRARY_PATH", ld)
+        jcdl_blas.own_choice(sig=sig)
+        paths[ld] = Path(jcdl_blas.cache_path(sig))
+        lines = paths[ld].read_text().split("\n")
+        lines[1] = f"Bogus{len(paths)}"  # believed only if not probed again
+        paths[ld].write_text("\n".join(lines))
+    assert len(set(paths.values())) == 2
+    for i, ld in enumerate(paths, 1):
+        monkeypatch.setenv("LD_LIBRARY_PATH", ld)
+        assert jcdl_blas.own_choice(sig=sig) == f"Bogus{i}"
 
 
 # --- the entry points -------------------------------------------------------

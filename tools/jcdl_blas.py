@@ -17,7 +17,7 @@ The rule (``choose``):
 
 OpenBLAS's own choice is read by loading the library in a child process
 with OPENBLAS_CORETYPE unset (``probe``, about 30 ms) and cached per CPU
-and library in ~/.cache/jcdl/openblas-core, so a start costs a read
+and library in ~/.cache/jcdl/openblas-core-CRC, so a start costs a read
 of /proc/cpuinfo and of that file (under a millisecond).
 
 Where it applies (make install): jcdl_blas.pth in .venv's site-packages runs
@@ -132,10 +132,15 @@ def _stat(path):
         return "-"
 
 
-def cache_path():
+def cache_path(sig, lib=LIB):
+    """The cache file for this CPU and library: one per key (its CRC in the
+    name, the whole key on its first line), so that processes started with
+    different LD_LIBRARY_PATHs do not take turns replacing one entry."""
+    import zlib  # built in: costs nothing at start-up
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
         os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "jcdl", "openblas-core")
+    crc = zlib.crc32(_key(sig, lib).encode("utf-8", "surrogateescape"))
+    return os.path.join(base, "jcdl", f"openblas-core-{crc:08x}")
 
 
 def _key(sig, lib):
@@ -150,7 +155,7 @@ def own_choice(lib=LIB, sig=None, use_cache=True):
     if sig is None:
         sig = cpu_info()[0]
     key = _key(sig, lib)
-    path = cache_path()
+    path = cache_path(sig, lib)
     if use_cache:  # four lines: key, core, library path, its stat
         try:
             with open(path) as f:
@@ -205,7 +210,7 @@ def report():
     return {"user_setting": os.environ.get(ENV), "own_choice": own,
             "best_for_flags": best_for_flags(flags),
             "override": None if ENV in os.environ else choose(own, flags),
-            "cache": cache_path()}
+            "cache": cache_path(sig)}
 
 
 if __name__ == "__main__":

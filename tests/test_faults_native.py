@@ -3,9 +3,10 @@ protobuf's 2 GB refused from the image header by convert_imageset_r; real
 SIGINT/SIGTERM/SIGHUP stopping convert_imageset_r with nothing left; a disk
 filled by another process in the moment between jcdl train releasing its
 reserve and Caffe writing the snapshot (patch 0013, a real tmpfs and a real
-second process); an LMDB truncated in place while Caffe reads it (patch
-0015). Every case: one line naming the file, a non-zero exit, no partial
-output, what was there before intact."""
+second process); an LMDB truncated in place while Caffe, or one of
+jcdl's own python-lmdb readers, reads it (patch 0015). Every case: one line
+naming the file, a non-zero exit, no partial output, what was there before
+intact."""
 import os
 import re
 import shutil
@@ -22,6 +23,7 @@ import pytest
 from conftest import (BIN, assert_clean_error, jcdl, png_claiming, run,
                       write_image)
 from test_faults import FULL, Disk
+from test_hostile_inputs import write_deploy, write_weights
 from test_train import make_lmdb, make_mean, set_solver, small_solver
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0,
@@ -351,3 +353,135 @@ def test_an_lmdb_truncated_while_training_is_named(work, tmp_path, tool):
     assert err.strip().splitlines()[-1] == (
         "data/train7: damaged LMDB: its data.mdb is shorter than its pages "
         "(cut short while it was read?): make the LMDB again")
+
+
+# jcdl's own readers (python-lmdb) say the same line, through pycaffe's
+# watch_lmdb: the LMDB is cut to its meta pages once the reader has 1 MB of
+# its pages mapped in (its Rss in /proc/PID/smaps), i.e. well past the
+# open-time check of its size, with most of the 40 MB still to read.
+DAMAGED = ("damaged LMDB: its data.mdb is shorter than its pages (cut short "
+           "while it was read?): make the LMDB again")
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    """A 40 MB LMDB (K = 7, 3x36x36), a deploy net over it and weights."""
+    root = tmp_path_factory.mktemp("big")
+    make_lmdb(root / "db", 10000, 7, seed=3)
+    write_deploy(root / "deploy.prototxt", k=7, size=36)
+    write_weights(root / "deploy.prototxt", root / "w.caffemodel")
+    return root
+
+
+def mapped_kb(pid, data):
+    """The most kB of ``data`` one map of process pid has in (its Rss)."""
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            text = f.read()
+    except OSError:
+        return 0
+    most, inside = 0, False
+    for line in text.splitlines():
+        if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):
+            inside = line.endswith(" " + data)
+        elif inside and line.startswith("Rss:"):
+            most = max(most, int(line.split()[1]))
+    return most
+
+
+def truncate_while_read(data, *args, cwd):
+    """Runs jcdl ARGS and cuts ``data`` to 8192 bytes once the command has
+    1 MB of it mapped in; (returncode, stderr)."""
+    data = os.path.realpath(data)
+    env = dict(os.environ)
+    env.pop("GLOG_minloglevel", None)
+    proc = subprocess.Popen([str(BIN / "jcdl"), *map(str, args)], cwd=cwd,
+                            env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while mapped_kb(proc.pid, data) < 1024:
+        assert proc.poll() is None, ("ended before it was cut",
+                                     proc.communicate())
+        assert time.time() < deadline, "never read 1 MB"
+        time.sleep(0.002)
+    os.truncate(data, 8192)
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize("command", ["mean", "evaluate", "train"])
+def test_an_lmdb_truncated_while_jcdl_reads_it_is_named(big, tmp_path,
+                                                         command):
+    """jcdl mean, evaluate --db (predict's db samples) and train's
+    pre-flight scan of every record: one line naming the LMDB and exit 1
+    instead of rc 135 and nothing; no output left."""
+    shutil.copytree(big / "db", tmp_path / "db")
+    if command == "mean":
+        args = ["mean", "db", "out/mean.binaryproto"]
+    elif command == "evaluate":
+        args = ["evaluate", "--model", big / "deploy.prototxt", "--weights",
+                big / "w.caffemodel", "--db", "db", "--out", "out"]
+    else:
+        shutil.copytree(tmp_path / "db", tmp_path / "data/train7")
+        shutil.move(tmp_path / "db", tmp_path / "data/test7")
+        make_mean(tmp_path / "data/mean.binaryproto")
+        solver = small_solver(tmp_path, "net", 7, max_iter=1, snapshot=0,
+                              test_interval=100000)
+        args = ["train", "--solver", solver.relative_to(tmp_path)]
+    db = "data/train7" if command == "train" else "db"
+    rc, err = truncate_while_read(tmp_path / db / "data.mdb", *args,
+                                  cwd=tmp_path)
+    assert rc == 1, err[-2000:]
+    assert err.strip().splitlines()[-1] == f"jcdl {command}: {db}: {DAMAGED}"
+    assert not (tmp_path / "out").exists() or \
+        not any((tmp_path / "out").iterdir())
+
+
+# A process whose LMDB is watched (jcdl's reader mid-iteration) meets a bus
+# error elsewhere: in a file of its own cut short, at the very address the
+# LMDB had once it is closed (its range forgotten), or sent by kill: it
+# dies of SIGBUS as before, nothing said about an LMDB.
+ELSEWHERE = r"""
+import ctypes, mmap, os, signal, sys
+from jcdl import lmdbread
+db, other, case = sys.argv[1:]
+records = lmdbread.records(db)
+next(records)                        # open, watched, a record read
+data = os.path.realpath(os.path.join(db, "data.mdb"))
+begin, end = next([int(a, 16) for a in line.split()[0].split("-")]
+                  for line in open("/proc/self/maps")
+                  if line.rstrip().endswith(" " + data))
+if case == "closed":
+    records.close()                  # the env closed: its range forgotten
+    assert not any(line.rstrip().endswith(" " + data)
+                   for line in open("/proc/self/maps"))
+print("ready", flush=True)
+if case == "kill":
+    os.kill(os.getpid(), signal.SIGBUS)
+    sys.exit(3)
+with open(other, "r+b") as f:
+    f.truncate(end - begin)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    where = begin if case == "closed" else None   # MAP_FIXED_NOREPLACE
+    flags = mmap.MAP_SHARED | (0x100000 if where else 0)
+    p = libc.mmap(where, end - begin, mmap.PROT_READ, flags, f.fileno(), 0)
+    assert p not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+    assert where is None or p == begin
+    f.truncate(0)
+print(ctypes.string_at(p + 4096, 1))   # past the end: a bus error
+sys.exit(4)
+"""
+
+
+@pytest.mark.parametrize("case", ["other", "closed", "kill"])
+def test_a_bus_error_elsewhere_still_kills(big, tmp_path, case):
+    other = tmp_path / "other"
+    other.write_bytes(b"x" * 8192)
+    proc = subprocess.run([sys.executable, "-c", ELSEWHERE, big / "db", other,
+                           case], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.startswith("ready\n"), proc.stderr
+    assert proc.returncode == -signal.SIGBUS, proc.stderr
+    assert "LMDB" not in proc.stderr

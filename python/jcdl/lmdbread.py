@@ -4,13 +4,14 @@ summary of the first record, and a fast scan of every record's size and K
 that reads no pixels; a damaged LMDB (truncated, flipped bytes) is one
 clear error, never a SIGBUS."""
 import os
+import sys
 
 import cv2
 import lmdb
 import numpy as np
 
 from .errors import JcdlError
-from .caffenet import caffe_pb2
+from .caffenet import caffe_pb2, import_caffe
 
 
 def _open(db_path):
@@ -27,15 +28,33 @@ def _open(db_path):
                         subdir=subdir)
     except lmdb.Error as e:
         raise JcdlError(db_path, f"not an LMDB ({e})") from None
+    _watch(env, db_path)
     data = os.path.join(db_path, "data.mdb") if subdir else db_path
     need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
     have = os.path.getsize(data)
     if have < need:
-        env.close()
+        _close(env)
         raise JcdlError(db_path, f"damaged LMDB: data.mdb has {have} bytes, "
                         f"but its header says {need} (cut short?): make the "
                         "LMDB again")
     return env
+
+
+def _watch(env, db_path):
+    """A bus error reading env's map (data.mdb cut short while it is read:
+    the check of _open cannot see that) is one line naming the LMDB and
+    exit 1, from Caffe's handler (patch 0015), never a silent SIGBUS; until
+    _close(env). The line starts on a line of its own: a progress bar
+    (mean, evaluate) may be open."""
+    from .cli import _name  # noqa: PLC0415  (the "jcdl STAGE" of errors)
+    name = f"\n{_name(sys.argv[1:])}: {db_path}"
+    import_caffe()._caffe.watch_lmdb(id(env), os.fsencode(db_path),
+                                     name.encode("utf-8", "surrogateescape"))
+
+
+def _close(env):
+    import_caffe()._caffe.forget_lmdb(id(env))   # before its map is gone
+    env.close()
 
 
 def _cursor(env, db_path, buffers=False):
@@ -54,7 +73,7 @@ def records(db_path):
     try:
         yield from _cursor(env, db_path)
     finally:
-        env.close()
+        _close(env)
 
 
 def iter_datums(db_path):
@@ -94,8 +113,10 @@ def db_info(db_path):
     channels, height, width (of the first image; decoded if encoded),
     encoded."""
     env = _open(db_path)
-    n = env.stat()["entries"]
-    env.close()
+    try:
+        n = env.stat()["entries"]
+    finally:
+        _close(env)
     for key, datum in iter_datums(db_path):
         h, w, c = datum_image(datum, f"{db_path}: record {key}").shape
         return {"n": n, "k": len(datum.float_data), "channels": c,
@@ -217,7 +238,7 @@ def scan_records(db_path):
                 c, h, w = size
             yield name, (c, h, w), k
     finally:
-        env.close()
+        _close(env)
 
 
 def _parse_datum(db_path, name, value):

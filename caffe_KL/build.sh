@@ -66,6 +66,18 @@ copy_changed() {  # copy_changed FROM TO: the files of FROM that differ in TO
 if [ -n "${CAFFE_SRC:-}" ] && [ ! -f "$CAFFE_SRC/CMakeLists.txt" ]; then
   log "CAFFE_SRC=$CAFFE_SRC is not a Caffe source tree (no CMakeLists.txt)"; exit 1
 fi
+# files an earlier run put into src that this one would not: the ones of
+# patches since removed (below, as the patches are applied) and overlay
+# files since removed from caffe_KL, taken away again (a stale test or
+# layer would otherwise still be compiled); where upstream has such a
+# file, patching again restores it
+overlay_list=$(cd "$here" && find include src tools -type f | sort)
+if [ -f "$out/.overlay-files" ]; then
+  for f in $(comm -23 "$out/.overlay-files" - <<< "$overlay_list"); do
+    rm -f "$src/$f"
+    if grep -qxF "$f" "$out/.src-files" 2>/dev/null; then rm -f "$out/.src-stamp"; fi
+  done
+fi
 origin=${CAFFE_SRC:-$sha256}
 stamp=$( (echo "$origin"; cat "$here"/patches/*.patch) | sha256sum | cut -c1-16)
 if [ "$(cat "$out/.src-stamp" 2>/dev/null)" != "$stamp" ]; then
@@ -87,18 +99,25 @@ if [ "$(cat "$out/.src-stamp" 2>/dev/null)" != "$stamp" ]; then
     patch -s -p1 -d "$fresh" < "$p"
   done
   copy_changed "$fresh" "$src"
+  (cd "$fresh" && find . -type f | sed 's|^\./||' | sort) > "$out/.src-files.new"
+  if [ -f "$out/.src-files" ]; then
+    for f in $(comm -23 "$out/.src-files" "$out/.src-files.new"); do
+      grep -qxF "$f" <<< "$overlay_list" || rm -f "$src/$f"
+    done
+  fi
+  mv "$out/.src-files.new" "$out/.src-files"
   rm -rf "$fresh"
   echo "$origin" > "$out/.origin"
   echo "$stamp" > "$out/.src-stamp"
 fi
 
 # 2. overlay our files; copy only what changed so rebuilds stay incremental
-overlay_list=$(cd "$here" && find include src tools -type f | sort)
 for f in $overlay_list; do
   if ! cmp -s "$here/$f" "$src/$f"; then
     mkdir -p "$(dirname "$src/$f")"; cp "$here/$f" "$src/$f"
   fi
 done
+echo "$overlay_list" > "$out/.overlay-files"
 
 # 3. configure when new, or when the CMake options or the set of overlaid
 #    files (CMake globs them) changed

@@ -76,6 +76,58 @@ def test_rebuild_with_nothing_changed_does_nothing():
     assert "Building CXX" not in out and "Linking" not in out
 
 
+def test_files_of_removed_patches_and_overlays_leave_the_source_tree(
+        tmp_path):
+    """A patch or an overlay file taken out of caffe_KL is taken out of an
+    existing build's source tree at the next build (a stale test or layer
+    was still compiled): files it created are removed, upstream files it
+    changed are restored."""
+    import shutil
+    kl = tmp_path / "caffe_KL"
+    kl.mkdir()
+    for part in ("build.sh", "patches", "include", "src", "tools"):
+        (shutil.copy2 if part == "build.sh" else shutil.copytree)(
+            ROOT / "caffe_KL" / part, kl / part)
+    extra_overlay = kl / "src" / "caffe" / "test" / "test_stale_overlay.cpp"
+    extra_overlay.write_text("// an overlay file, removed later\n")
+    upstream = "src/caffe/util/benchmark.cpp"
+    pristine = None
+    extra_patch = kl / "patches" / "9999-stale.patch"
+    extra_patch.write_text(
+        "A patch removed later.\n"
+        "diff -ruN a/src/caffe/stale_new.cpp b/src/caffe/stale_new.cpp\n"
+        "--- a/src/caffe/stale_new.cpp\n+++ b/src/caffe/stale_new.cpp\n"
+        "@@ -0,0 +1 @@\n+// made by a patch\n"
+        f"diff -ru a/{upstream} b/{upstream}\n"
+        f"--- a/{upstream}\n+++ b/{upstream}\n"
+        "@@ -1,1 +1,2 @@\n+// changed by a patch\n #include <boost/date_time/posix_time/posix_time.hpp>\n")
+    out = tmp_path / "b"
+    env = {"BUILD_DIR": str(out), "CONFIGURE_ONLY": "1",
+           "PYTHON": str(ROOT / ".venv" / "bin" / "python")}
+
+    def run():
+        proc = subprocess.run(["bash", str(kl / "build.sh"), "cpu"],
+                              capture_output=True, text=True, timeout=600,
+                              env=dict(os.environ, **env))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+
+    run()
+    src = out / "src"
+    assert (src / "src/caffe/test/test_stale_overlay.cpp").exists()
+    assert (src / "src/caffe/stale_new.cpp").exists()
+    assert (src / upstream).read_text().startswith("// changed by a patch")
+    extra_overlay.unlink()
+    extra_patch.unlink()
+    run()
+    assert not (src / "src/caffe/test/test_stale_overlay.cpp").exists()
+    assert not (src / "src/caffe/stale_new.cpp").exists()
+    assert not (src / upstream).read_text().startswith("// changed")
+    # our own overlay and patches are all still there
+    assert (src / "src/caffe/layers/softmax_kl_loss_layer.cpp").exists()
+    assert "cpu_taps" in (src / "src/caffe/layers/base_conv_layer.cpp"
+                          ).read_text()
+
+
 def changed_sources():
     """Our C++/CUDA sources and the upstream ones our patches change,
     relative to the Caffe source root."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, assert_clean_error, jcdl, run, write_image
-from test_train import make_lmdb, make_mean, small_solver
+from test_train import make_k7_data, small_solver
 
 from jcdl.caffenet import import_caffe
 
@@ -74,10 +74,7 @@ def inputs(tmp_path_factory):
         lines.append(f"img/{i}.png " + " ".join(
             str((i + k) % 7 + 1) for k in range(7)))
     (work / "list.txt").write_text("\n".join(lines) + "\n")
-    (work / "data").mkdir()
-    make_lmdb(work / "data/train7", 40, 7, seed=7)
-    make_lmdb(work / "data/test7", 20, 7, seed=8)
-    make_mean(work / "data/mean.binaryproto")
+    make_k7_data(work)
     solver = small_solver(work, "net", 7, max_iter=4, snapshot=0,
                           test_interval=4, display=1)
     jcdl("train", "--solver", solver.relative_to(work), "--log", "net/log",

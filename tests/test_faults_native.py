@@ -24,7 +24,8 @@ from conftest import (BIN, assert_clean_error, jcdl, png_claiming, run,
                       write_image)
 from test_faults import FULL, Disk
 from test_hostile_inputs import write_deploy, write_weights
-from test_train import make_lmdb, make_mean, set_solver, small_solver
+from test_train import (make_k7_data, make_lmdb, make_mean, set_solver,
+                        small_solver)
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="mounting a tmpfs needs root")
@@ -40,12 +41,7 @@ def disk(tmp_path):
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     """The K = 7 LMDBs and mean the small net trains on."""
-    root = tmp_path_factory.mktemp("native")
-    (root / "data").mkdir()
-    make_lmdb(root / "data/train7", 40, 7, seed=7)
-    make_lmdb(root / "data/test7", 20, 7, seed=8)
-    make_mean(root / "data/mean.binaryproto")
-    return root
+    return make_k7_data(tmp_path_factory.mktemp("native"))
 
 
 # ------------------------------------- 1. a record over 2 GB, from its header

@@ -11,17 +11,12 @@ import time
 import pytest
 
 from conftest import BIN, jcdl
-from test_train import make_lmdb, make_mean, small_solver
+from test_train import make_k7_data, small_solver
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    root = tmp_path_factory.mktemp("signals")
-    (root / "data").mkdir()
-    make_lmdb(root / "data/train7", 40, 7, seed=7)
-    make_lmdb(root / "data/test7", 20, 7, seed=8)
-    make_mean(root / "data/mean.binaryproto")
-    return root
+    return make_k7_data(tmp_path_factory.mktemp("signals"))
 
 
 def start(*args, cwd=None):

@@ -59,6 +59,16 @@ def make_mean(path, value=40.0):
     return path
 
 
+def make_k7_data(root):
+    """root/data/train7 (40 records), test7 (20), K = 7, and mean: what the
+    small net trains on; returns root."""
+    (root / "data").mkdir()
+    make_lmdb(root / "data/train7", 40, 7, seed=7)
+    make_lmdb(root / "data/test7", 20, 7, seed=8)
+    make_mean(root / "data/mean.binaryproto")
+    return root
+
+
 def small_solver(work, name, K, **options):
     """netgen's small net over work/data's K-emotion LMDBs, written to
     work/NAME with paths relative to work (run from there, as with caffe);

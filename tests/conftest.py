@@ -65,10 +65,10 @@ def write_image(path, width=32, height=24, seed=0, color=None):
     return img
 
 
-def png_claiming(width, height):
-    """A tiny PNG file whose header claims width x height pixels (colour),
-    with almost no pixel data: what a decoder must refuse before it
-    allocates."""
+def png_claiming(width, height, depth=8, kind=2):
+    """A tiny PNG file whose header claims width x height pixels (colour,
+    or the PNG colour type kind at depth bits), with almost no pixel data:
+    what a decoder must refuse before it allocates."""
     import struct
     import zlib
 
@@ -76,5 +76,5 @@ def png_claiming(width, height):
         return struct.pack(">I", len(data)) + kind + data + \
             struct.pack(">I", zlib.crc32(kind + data))
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(
-        ">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + \
+        ">IIBBBBB", width, height, depth, kind, 0, 0, 0)) + \
         chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")

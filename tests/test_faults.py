@@ -188,6 +188,13 @@ def test_a_failed_run_leaves_no_new_folder(inputs, disk):
         proc = jcdl(*args, check=False)
         assert_fails_naming_one_of(proc, out, outputs)
         assert disk.listing() == before, name
+    for backend in ("lmdb", "leveldb"):      # and the C++ tool's folders
+        proc = run("convert_imageset_r", f"--backend={backend}",
+                   f"{inputs}/", inputs / "list.txt", out / "db",
+                   check=False)
+        assert_fails_naming_one_of(proc, out, ["db"])
+        assert proc.returncode == 1 and "Check failed" not in proc.stderr
+        assert disk.listing() == before, backend
 
 
 def test_train_stops_with_its_last_snapshot_on_a_full_disk(inputs, disk):

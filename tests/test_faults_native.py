@@ -1,5 +1,7 @@
 """Faults met inside the C++ side, through the real commands: a record over
-protobuf's 2 GB refused from the image header by convert_imageset_r; real
+protobuf's 2 GB refused from the image header (any PNG, BMP or JPEG) by
+convert_imageset_r and jcdl convert alike, or after decoding (TIFF); the
+folders made for a DB removed when convert_imageset_r fails; real
 SIGINT/SIGTERM/SIGHUP stopping convert_imageset_r with nothing left; a disk
 filled by another process in the moment between jcdl train releasing its
 reserve and Caffe writing the snapshot (patch 0013, a real tmpfs and a real
@@ -46,24 +48,37 @@ def work(tmp_path_factory):
 
 # ------------------------------------- 1. a record over 2 GB, from its header
 
-def bmp_claiming(width, height):
-    """A 24-bit BMP file whose header claims width x height, with no
-    pixels."""
+def bmp_claiming(width, height, bits=24):
+    """A BMP file (24-bit, or bits) whose header claims width x height, with
+    no pixels."""
     header = struct.pack("<2sIHHI", b"BM", 54, 0, 0, 54)
-    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0,
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, bits, 0, 0,
                        2835, 2835, 0, 0)
     return header + info
 
 
-def jpeg_claiming(width, height):
+def jpeg_claiming(width, height, components=None, exif=False):
     """A real small JPEG whose start of frame is rewritten to claim
-    width x height."""
+    width x height (and components); with exif, a 64 KB APP1 (Exif)
+    segment and a 1 KB APP2 before it, as camera files have: the frame
+    header lies past the first 64 KB."""
     ok, buf = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))
     assert ok
     data = bytearray(buf.tobytes())
     sof = data.index(b"\xff\xc0")
     data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    if components:
+        data[sof + 9] = components
+    if exif:
+        data[2:2] = (b"\xff\xe1" + struct.pack(">H", 65535) + b"Exif\0\0" +
+                     bytes(65527) + b"\xff\xe2" + struct.pack(">H", 1026) +
+                     bytes(1024))
+        assert data.index(b"\xff\xc0") > 1 << 16
     return bytes(data)
+
+
+def last_line(proc, tool):
+    return proc.stderr.strip().splitlines()[-1].removeprefix(tool + ": ")
 
 
 @pytest.mark.parametrize("kind", ["png", "bmp", "jpg"])
@@ -96,6 +111,136 @@ def test_convert_imageset_r_refuses_a_record_over_2_gb(tmp_path, kind):
     assert sorted(os.listdir(tmp_path)) == ["img", "l.txt"]
 
 
+CLAIMS = {
+    "png-gray-alpha": ("png", lambda w, h: png_claiming(w, h, 8, 4)),
+    "png-16-bit": ("png", lambda w, h: png_claiming(w, h, 16, 2)),
+    "png-16-bit-rgba": ("png", lambda w, h: png_claiming(w, h, 16, 6)),
+    "bmp-32-bit": ("bmp", lambda w, h: bmp_claiming(w, h, 32)),
+    "bmp-8-bit": ("bmp", lambda w, h: bmp_claiming(w, h, 8)),
+    "jpg-cmyk": ("jpg", lambda w, h: jpeg_claiming(w, h, components=4)),
+    "jpg-exif-65k": ("jpg", lambda w, h: jpeg_claiming(w, h, exif=True)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLAIMS))
+def test_both_tools_refuse_a_record_over_2_gb_whatever_the_file_type(
+        tmp_path, case):
+    """The size Caffe decodes (3 channels, or 1 with --gray) whatever the
+    file's own depth, channels or type, and a JPEG's frame header found
+    past an EXIF segment of 64 KB: refused from the header by jcdl convert
+    and convert_imageset_r with the same one line, exit 1, nothing
+    written (no folder made for the DB either)."""
+    ext, claim = CLAIMS[case]
+    write_image(tmp_path / "img/a.png")
+    (tmp_path / "l.txt").write_text(f"a.png 1 2\nhuge.{ext} 1 1\n")
+    for w, h, gray, c in ((40000, 20000, [], 3),
+                          (50000, 50000, ["--gray"], 1)):
+        (tmp_path / f"img/huge.{ext}").write_bytes(claim(w, h))
+        cpp = run("convert_imageset_r", *gray, f"{tmp_path / 'img'}/",
+                  tmp_path / "l.txt", tmp_path / "new/db", check=False,
+                  timeout=30)
+        py = jcdl("convert", *gray, f"{tmp_path / 'img'}/", tmp_path / "l.txt",
+                  tmp_path / "new/db", check=False, timeout=30)
+        line = (f"{tmp_path / 'l.txt'}:2: image {tmp_path / 'img'}/"
+                f"huge.{ext}: {w}x{h}x{c} (WxHxC) is {w * h * c} bytes of pixels, more "
+                "than a Caffe record can hold (2 GB): convert with "
+                "--resize_height and --resize_width")
+        for proc, tool in ((cpp, "convert_imageset_r"), (py, "jcdl convert")):
+            assert_clean_error(proc, line)
+            assert proc.returncode == 1
+            assert last_line(proc, tool) == line
+        assert sorted(os.listdir(tmp_path)) == ["img", "l.txt"]
+
+
+def tiff_of_zeros(width, height, rows=64):
+    """A real RGB TIFF of width x height black pixels, deflate-compressed,
+    every strip pointing at the same compressed bytes: a few KB on disk
+    (a format whose header neither tool reads)."""
+    import zlib
+    n = -(-height // rows)
+    strip = zlib.compress(bytes(rows * width * 3), 9)
+    last = zlib.compress(bytes((height - (n - 1) * rows) * width * 3), 9)
+    tags = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 3, 0),
+            (259, 3, 1, 8), (262, 3, 1, 2), (273, 4, n, 0), (277, 3, 1, 3),
+            (278, 4, 1, rows), (279, 4, n, 0), (284, 3, 1, 1),
+            (317, 3, 1, 1)]
+    at = 8 + 2 + 12 * len(tags) + 4       # bits, offsets, counts, strips
+    values = {258: at, 273: at + 6, 279: at + 6 + 4 * n}
+    first = at + 6 + 8 * n
+    out = b"II*\0" + struct.pack("<IH", 8, len(tags))
+    for tag, kind, count, value in tags:
+        value = values.get(tag, value)
+        out += struct.pack("<HHI", tag, kind, count) + (
+            struct.pack("<HH", value, 0) if kind == 3 and count == 1
+            else struct.pack("<I", value))
+    return (out + struct.pack("<I3H", 0, 8, 8, 8) +
+            struct.pack(f"<{n}I", *[first] * (n - 1), first + len(strip)) +
+            struct.pack(f"<{n}I", *[len(strip)] * (n - 1), len(last)) +
+            strip + last)
+
+
+def test_a_record_over_2_gb_no_header_told_is_one_line(tmp_path):
+    """A real TIFF of 26750 x 26750 (2146687500 bytes of BGR, just over the
+    limit): no header check knows TIFF, so both tools decode it (about 2 GB
+    each, seconds) and then refuse it before serialising, with the same
+    one line, exit 1, nothing written: not a protobuf traceback."""
+    write_image(tmp_path / "img/a.png")
+    (tmp_path / "img/big.tif").write_bytes(tiff_of_zeros(26750, 26750))
+    (tmp_path / "l.txt").write_text("a.png 1 2\nbig.tif 1 1\n")
+    line = (f"{tmp_path / 'l.txt'}:2: image {tmp_path / 'img'}/big.tif: "
+            "26750x26750x3 (WxHxC) is 2146687500 bytes of pixels, more "
+            "than a Caffe record can hold (2 GB): convert with "
+            "--resize_height and --resize_width")
+    for tool, args in (("convert_imageset_r", []), ("jcdl", ["convert"])):
+        proc = run(tool, *args, f"{tmp_path / 'img'}/", tmp_path / "l.txt",
+                   tmp_path / "new/db", check=False, timeout=120)
+        assert_clean_error(proc, line)
+        assert proc.returncode == 1
+        assert last_line(proc, tool if args == [] else "jcdl convert") == line
+        assert sorted(os.listdir(tmp_path)) == ["img", "l.txt"]
+
+
+def test_a_small_jpeg_with_a_64_kb_exif_segment_converts(tmp_path):
+    """The walk to a frame header past 64 KB finds a real one: the image
+    converts in both tools, the same records."""
+    write_image(tmp_path / "img/a.png")
+    (tmp_path / "img/e.jpg").write_bytes(jpeg_claiming(8, 8, exif=True))
+    (tmp_path / "l.txt").write_text("a.png 1 2\ne.jpg 1 1\n")
+    run("convert_imageset_r", f"{tmp_path / 'img'}/", tmp_path / "l.txt",
+        tmp_path / "c")
+    jcdl("convert", f"{tmp_path / 'img'}/", tmp_path / "l.txt",
+         tmp_path / "p")
+    from jcdl.lmdbread import records
+    assert list(records(tmp_path / "c")) == list(records(tmp_path / "p"))
+    assert len(list(records(tmp_path / "c"))) == 2
+
+
+def test_convert_imageset_r_removes_the_folders_it_made_on_failure(
+        tmp_path):
+    """An undecodable image: the new folders made for the DB are gone again
+    (as jcdl convert's), those that were there stay, with what they hold."""
+    write_image(tmp_path / "img/a.png")
+    (tmp_path / "img/bad.png").write_bytes(b"not an image")
+    (tmp_path / "bad.txt").write_text("a.png 1 2\nbad.png 1 1\n")
+    (tmp_path / "nf").mkdir()
+    (tmp_path / "nf/earlier.txt").write_text("kept")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for tool, args in (("convert_imageset_r", [f"{tmp_path / 'img'}/"]),
+                       ("convert_imageset_r", ["--backend=leveldb",
+                                               f"{tmp_path / 'img'}/"]),
+                       ("jcdl", ["convert", tmp_path / "img"])):
+        proc = run(tool, *args, tmp_path / "bad.txt",
+                   tmp_path / "nf/badd/sub/db", check=False)
+        assert_clean_error(proc, "bad.txt:2: cannot decode image")
+        assert proc.returncode == 1
+        assert sorted(p.relative_to(tmp_path)
+                      for p in tmp_path.rglob("*")) == before, tool
+    proc = run("convert_imageset_r", f"{tmp_path / 'img'}/",
+               tmp_path / "bad.txt", "rel/db", check=False, cwd=tmp_path)
+    assert_clean_error(proc, "bad.txt:2: cannot decode image")
+    assert not (tmp_path / "rel").exists()
+
+
 # ----------------------------------------------- 2. signals to the converter
 
 @pytest.fixture(scope="module")
@@ -118,16 +263,17 @@ def many(tmp_path_factory):
                                  signal.SIGHUP])
 def test_a_signal_stops_convert_imageset_r_cleanly(many, tmp_path, sig):
     """A real signal mid-conversion: one line naming the DB and the signal,
-    exit 130 (as jcdl convert), no DB, no partial one, no lock; what was in
-    the folder stays."""
+    exit 130 (as jcdl convert), no DB, no partial one, no lock, and not the
+    new folders it made for the DB; what was in the folder stays."""
     (tmp_path / "earlier.txt").write_text("kept")
+    db = tmp_path / "new/deeper/db"
     proc = subprocess.Popen(
         [str(BIN / "convert_imageset_r"), "--resize_height=16",
          "--resize_width=16", f"{many / 'img'}/", str(many / "list.txt"),
-         str(tmp_path / "db")], stdout=subprocess.PIPE,
+         str(db)], stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
-    while not list(tmp_path.glob(".db.partial-*/data.mdb")):
+    while not list(db.parent.glob(".db.partial-*/data.mdb")):
         assert proc.poll() is None, proc.communicate()
         assert time.time() < deadline
         time.sleep(0.01)
@@ -136,7 +282,7 @@ def test_a_signal_stops_convert_imageset_r_cleanly(many, tmp_path, sig):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == (
-        f"convert_imageset_r: {tmp_path / 'db'}: interrupted ({sig.name}), "
+        f"convert_imageset_r: {db}: interrupted ({sig.name}), "
         "nothing written")
     assert sorted(os.listdir(tmp_path)) == ["earlier.txt"]
 

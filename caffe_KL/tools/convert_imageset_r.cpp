@@ -222,17 +222,17 @@ string record_too_large(double h, double w, int c) {
 }
 
 // Height and width an encoded image's header (PNG, BMP, JPEG) says, as
-// jcdl's lmdbread.encoded_size reads them; false when it does not say.
+// jcdl's lmdbread.image_header reads them; false when it does not say. A
+// JPEG's segments are walked by seeking, to its frame header however far
+// in (an EXIF segment of 65 KB first), stopping at its first SOS or EOI or
+// its end.
 bool header_size(const string& path, double* height, double* width) {
   std::ifstream file(path.c_str(), std::ios::binary);
-  std::vector<char> buf(1 << 16);
-  file.read(&buf[0], buf.size());
-  const string head(&buf[0], file.gcount());
-  const unsigned char* b =
-      reinterpret_cast<const unsigned char*>(head.data());
-  const size_t n = head.size();
-  if (n >= 24 && head.compare(0, 8, "\x89PNG\r\n\x1a\n") == 0 &&
-      head.compare(12, 4, "IHDR") == 0) {
+  unsigned char b[26];
+  file.read(reinterpret_cast<char*>(b), sizeof(b));
+  const size_t n = file.gcount();
+  if (n >= 24 && memcmp(b, "\x89PNG\r\n\x1a\n", 8) == 0 &&
+      memcmp(b + 12, "IHDR", 4) == 0) {
     *width = static_cast<uint32_t>(b[16]) << 24 | b[17] << 16 | b[18] << 8 |
              b[19];
     *height = static_cast<uint32_t>(b[20]) << 24 | b[21] << 16 | b[22] << 8 |
@@ -240,6 +240,11 @@ bool header_size(const string& path, double* height, double* width) {
     return true;
   }
   if (n >= 26 && b[0] == 'B' && b[1] == 'M') {
+    if (b[14] == 12 && b[15] == 0 && b[16] == 0 && b[17] == 0) {  // OS/2's
+      *width = b[18] | b[19] << 8;
+      *height = b[20] | b[21] << 8;
+      return true;
+    }
     const int32_t w = b[18] | b[19] << 8 | b[20] << 16 |
                       static_cast<uint32_t>(b[21]) << 24;
     const int32_t h = b[22] | b[23] << 8 | b[24] << 16 |
@@ -249,21 +254,32 @@ bool header_size(const string& path, double* height, double* width) {
     return true;
   }
   if (n >= 2 && b[0] == 0xff && b[1] == 0xd8) {
-    for (size_t i = 2; i + 9 < n;) {
-      if (b[i] != 0xff) return false;
-      const int marker = b[i + 1];
-      if (marker == 0xd8 || marker == 0x01 || (marker >= 0xd0 &&
-          marker <= 0xd7)) {
-        i += 2;
+    file.clear();
+    file.seekg(2);
+    char* c = reinterpret_cast<char*>(b);
+    for (;;) {
+      if (!file.read(c, 2) || b[0] != 0xff) return false;
+      const int marker = b[1];
+      if (marker == 0xff) {  // a fill byte
+        file.seekg(-1, std::ios::cur);
         continue;
       }
+      if (marker == 0xd9 || marker == 0xda) return false;  // EOI, SOS
+      if (marker == 0xd8 || marker == 0x01 || (marker >= 0xd0 &&
+          marker <= 0xd7)) {
+        continue;
+      }
+      if (!file.read(c, 2)) return false;
+      const int length = b[0] << 8 | b[1];
       if (marker >= 0xc0 && marker <= 0xcf && marker != 0xc4 &&
           marker != 0xc8 && marker != 0xcc) {  // a start of frame
-        *height = b[i + 5] << 8 | b[i + 6];
-        *width = b[i + 7] << 8 | b[i + 8];
+        if (!file.read(c, 5)) return false;  // precision, height, width
+        *height = b[1] << 8 | b[2];
+        *width = b[3] << 8 | b[4];
         return true;
       }
-      i += 2 + (b[i + 2] << 8 | b[i + 3]);
+      if (length < 2) return false;
+      file.seekg(length - 2, std::ios::cur);
     }
   }
   return false;
@@ -285,21 +301,29 @@ bool decodes_natively_to(const string& path, const cv::Mat& img) {
          cv::norm(native, img, cv::NORM_INF) == 0;
 }
 
+// An image too large for one record: one line naming the list's line.
+void check_record_size(const Entry& e, const string& list,
+                       const string& path, double h, double w, int c) {
+  const string why = record_too_large(h, w, c);
+  if (!why.empty()) {
+    fail(list, e.line, "image " + path + ": " + why + ": convert with "
+         "--resize_height and --resize_width");
+  }
+}
+
 // The image as convert_imageset stores it: decoded (and resized) to raw BGR
 // bytes, or kept / re-encoded when an encoding is asked for.
 void image_to_datum(const Entry& e, const string& list, const string& path,
                     bool is_color, int height, int width, const string& enc,
                     Datum* datum) {
   datum->Clear();
+  // the size as decoded (3 channels, or 1 with --gray), whatever the
+  // file's own type
   double header_height, header_width;
   if (!(height > 0 && width > 0) &&
       header_size(path, &header_height, &header_width)) {
-    const string why = record_too_large(header_height, header_width,
-                                        is_color ? 3 : 1);
-    if (!why.empty()) {
-      fail(list, e.line, "image " + path + ": " + why + ": convert with "
-           "--resize_height and --resize_width");
-    }
+    check_record_size(e, list, path, header_height, header_width,
+                      is_color ? 3 : 1);
   }
   // Decoders such as libpng print their own errors on stderr: keep them
   // quiet, so a bad image gives our one line only.
@@ -320,6 +344,8 @@ void image_to_datum(const Entry& e, const string& list, const string& path,
   if (height > 0 && width > 0) {
     cv::resize(img, img, cv::Size(width, height));
   }
+  // what the header did not say (another format)
+  check_record_size(e, list, path, img.rows, img.cols, img.channels());
   if (enc.empty()) {
     CVMatToDatum(img, datum);
   } else {
@@ -568,6 +594,33 @@ struct Claim {
   }
 };
 
+// The folders made for DB_NAME (create_directories), removed again (those
+// left empty, the deepest first) when the run fails, however it fails, as
+// jcdl's files.folder_for does: a failed run leaves no new folder. Declared
+// before the Claim, so the lock file in the folder is gone first.
+struct MadeFolders {
+  std::vector<boost::filesystem::path> made;
+  bool keep;
+  MadeFolders() : keep(false) {}
+  ~MadeFolders() {
+    for (size_t i = 0; !keep && i < made.size(); ++i) {
+      if (rmdir(made[i].c_str()) != 0 && errno != ENOENT) {
+        break;  // not empty: it and those above stay
+      }
+    }
+  }
+  void make(const boost::filesystem::path& folder,
+            boost::system::error_code* error) {
+    boost::system::error_code ignored;
+    for (boost::filesystem::path p = folder; !p.empty() &&
+         !boost::filesystem::exists(boost::filesystem::symlink_status(
+             p, ignored)); p = p.parent_path()) {
+      made.push_back(p);
+    }
+    boost::filesystem::create_directories(folder, *error);
+  }
+};
+
 // Removes the .NAME.partial-PID folders that runs killed before they
 // completed left in FOLDER (their process is gone).
 void remove_stale_partials(const boost::filesystem::path& folder,
@@ -647,6 +700,7 @@ int main(int argc, char** argv) {
       sigaction(stop_signals[i], &stop, NULL);
     }
   }
+  MadeFolders folders;
   Claim claim;
   try {
     if (db_path.empty()) fail("DB_NAME", 0, "is empty: name the DB");
@@ -689,7 +743,7 @@ int main(int argc, char** argv) {
     const boost::filesystem::path parent =
         boost::filesystem::absolute(db_path).parent_path();
     boost::system::error_code error;
-    boost::filesystem::create_directories(parent, error);
+    folders.make(parent, &error);
     if (error) {
       string why = error.message();
       for (boost::filesystem::path p = parent; !p.empty();
@@ -718,6 +772,7 @@ int main(int argc, char** argv) {
     convert(entries, list, root, tmp_path, db_path);
     stop_if_signalled();
     boost::filesystem::rename(tmp_path, db_path);
+    folders.keep = true;
     std::cerr << "convert_imageset_r: wrote " << entries.size()
               << " images with " << entries[0].dist.size()
               << "-value distributions to " << db_path << std::endl;
@@ -730,7 +785,8 @@ int main(int argc, char** argv) {
                   "SIGHUP") << "), nothing written" << std::endl;
     return 130;
   } catch (const InputError& e) {
-    boost::filesystem::remove_all(tmp_path);
+    boost::system::error_code ignored;
+    boost::filesystem::remove_all(tmp_path, ignored);
     std::cerr << "convert_imageset_r: " << e.message << std::endl;
     return 1;
   } catch (const std::exception& e) {  // filesystem or OpenCV: still one line

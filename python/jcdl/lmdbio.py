@@ -32,7 +32,7 @@ from .errors import JcdlError, int_arg
 from .files import atomic_output, check_output_file, quiet_opencv
 from .lists import image_path, read_distributions
 from .caffenet import caffe_pb2
-from .lmdbread import datum_image, db_info, encoded_size, iter_datums
+from .lmdbread import datum_image, db_info, image_header, iter_datums
 
 
 # ---------------------------------------------------------------- the list
@@ -110,20 +110,25 @@ def record_too_large(h, w, c):
             "than a Caffe record can hold (2 GB)")
 
 
-def _check_record_size(entry, list_path, full_path, gray):
-    """An image whose header says it is too large for one record."""
-    try:
-        with open(full_path, "rb") as f:
-            head = f.read(1 << 16)
-    except OSError:
-        return
-    size = encoded_size(head)
-    if size is not None:
-        why = record_too_large(size[1], size[2], 1 if gray else 3)
-        if why:
-            raise JcdlError(list_path, f"image {full_path}: {why}: convert "
-                            "with --resize_height and --resize_width",
-                            entry.line)
+def _check_record_size(entry, list_path, full_path, gray, h=None, w=None,
+                       c=None):
+    """An image too large for one record: from its header (its size, as
+    decoded to 3 channels or 1 with gray, whatever its own type), or given
+    as decoded (h, w, c), for what the header does not say."""
+    if h is None:
+        try:
+            with open(full_path, "rb") as f:
+                size = image_header(f)
+        except OSError:
+            return
+        if size is None:
+            return
+        h, w, c = size[0], size[1], 1 if gray else 3
+    why = record_too_large(h, w, c)
+    if why:
+        raise JcdlError(list_path, f"image {full_path}: {why}: convert "
+                        "with --resize_height and --resize_width",
+                        entry.line)
 
 
 def make_datum(entry, list_path, full_path, gray=False, resize_height=0,
@@ -145,6 +150,8 @@ def make_datum(entry, list_path, full_path, gray=False, resize_height=0,
             raise JcdlError(list_path, f"cannot resize image {full_path} to "
                             f"{resize_width}x{resize_height}",
                             entry.line) from None
+    _check_record_size(entry, list_path, full_path, gray, *img.shape[:2],
+                       1 if img.ndim == 2 else img.shape[2])
     datum = pb2.Datum()
     if not encode_type:
         chw = img[None] if img.ndim == 2 else img.transpose(2, 0, 1)

@@ -180,37 +180,71 @@ def datum_layout(value):
     return c, h, w, data[0], data[1], k, encoded
 
 
+_SOF = (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD,
+        0xCE, 0xCF)   # JPEG's start-of-frame markers
+
+
+def image_header(f):
+    """(height, width, channels) an encoded image's header (PNG, BMP, JPEG)
+    says, read from the binary file f (seekable, at its start); channels
+    as Caffe's Data layer decodes the file natively (no EXIF rotation), or
+    None when its own type is not plainly 8-bit grey or colour; None when
+    the header does not give the size. A JPEG's segments are walked by
+    seeking, to its frame header however far in (an EXIF segment of 65 KB
+    first), stopping at its first SOS or EOI or its end. The C++
+    convert_imageset_r reads the same sizes (header_size)."""
+    import struct  # noqa: PLC0415
+    head = f.read(30)
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" \
+            and len(head) >= 24:
+        w, h = struct.unpack(">II", head[16:24])
+        depth, kind = (head[24], head[25]) if len(head) >= 26 else (16, 0)
+        return h, w, {0: 1, 2: 3, 3: 3, 6: 4}.get(kind) if depth <= 8 \
+            else None
+    if head[:2] == b"BM" and len(head) >= 26:
+        if head[14:18] == b"\x0c\0\0\0":    # OS/2's 12-byte header
+            w, h, bits = struct.unpack("<HH2xH", head[18:26])
+        else:
+            w, h = struct.unpack("<ii", head[18:26])
+            bits = struct.unpack("<H", head[28:30])[0] \
+                if len(head) >= 30 else 0
+        return abs(h), abs(w), 3 if bits == 24 else None
+    if head[:2] == b"\xff\xd8":
+        f.seek(2)
+        while True:
+            b = f.read(2)
+            if len(b) < 2 or b[0] != 0xFF:
+                return None
+            marker = b[1]
+            if marker == 0xFF:               # a fill byte
+                f.seek(-1, 1)
+            elif marker in (0xD9, 0xDA):     # EOI, SOS: no frame before
+                return None
+            elif marker not in (0xD8, 0x01) and not 0xD0 <= marker <= 0xD7:
+                b = f.read(2)
+                if len(b) < 2:
+                    return None
+                length = struct.unpack(">H", b)[0]
+                if marker in _SOF:
+                    b = f.read(6)
+                    if len(b) < 5:
+                        return None
+                    h, w = struct.unpack(">HH", b[1:5])
+                    comps = b[5] if len(b) == 6 else 0
+                    return h, w, comps if comps in (1, 3) else None
+                if length < 2:
+                    return None
+                f.seek(length - 2, 1)
+    return None
+
+
 def encoded_size(head):
     """(channels, height, width) of an encoded image from the first bytes of
-    its file (PNG, JPEG, BMP), as Caffe's Data layer decodes it (natively,
-    no EXIF rotation); None when the header does not say for sure."""
-    import struct  # noqa: PLC0415
-    head = bytes(head)
-    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
-        w, h, depth, kind = struct.unpack(">IIBB", head[16:26])
-        channels = {0: 1, 2: 3, 3: 3, 6: 4}.get(kind)
-        return (channels, h, w) if channels and depth <= 8 else None
-    if head[:2] == b"BM" and len(head) >= 30:
-        w, h = struct.unpack("<ii", head[18:26])
-        bits = struct.unpack("<H", head[28:30])[0]
-        return (3, abs(h), w) if bits == 24 else None
-    if head[:2] == b"\xff\xd8":
-        i = 2
-        while i + 9 < len(head):
-            if head[i] != 0xFF:
-                return None
-            marker = head[i + 1]
-            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-                i += 2
-                continue
-            length = struct.unpack(">H", head[i + 2:i + 4])[0]
-            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9,
-                          0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-                h, w = struct.unpack(">HH", head[i + 5:i + 9])
-                comps = head[i + 9] if i + 9 < len(head) else 0
-                return (comps, h, w) if comps in (1, 3) else None
-            i += 2 + length
-    return None
+    its file, as Caffe's Data layer decodes it (image_header); None when
+    the header does not say for sure."""
+    import io  # noqa: PLC0415
+    size = image_header(io.BytesIO(bytes(head)))
+    return (size[2], size[0], size[1]) if size and size[2] else None
 
 
 def scan_records(db_path):

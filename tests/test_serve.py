@@ -370,6 +370,33 @@ def test_malformed_http_gets_the_json_error(server, net, data, status):
     assert ok == 200 and records[0]["image"] == f.name
 
 
+def test_a_bad_content_length_and_a_latin1_field_are_named(server, net):
+    """A Content-Length that is not a number of bytes says so (not a
+    parser's state); a field named in Latin-1 bytes shows as Unicode in the
+    'no file' hint, not as Python's escape of a lone surrogate."""
+    png = read(net["files"][0])
+    body = (b"--x\r\nContent-Disposition: form-data; name=\"image\"; "
+            b"filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n" + png +
+            b"\r\n--x--\r\n")
+    for given in (b"abc", b"-5"):
+        answer, _ = raw_exchange(server.port, (
+            b"POST /api/predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Type: multipart/form-data; boundary=x\r\n"
+            b"Content-Length: " + given + b"\r\n\r\n" + body), end=True)
+        head, _, rest = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 "), head
+        error = strict_json(rest)["error"]
+        assert error == (f"Content-Length {given.decode()!r} is not a "
+                         f"number of bytes"), error
+    latin1 = body.replace(b'name="image"', b'name="im\xe9ge"')
+    status, answer = server.json(
+        "POST", "/api/predict", latin1,
+        {"Content-Type": "multipart/form-data; boundary=x"})
+    assert status == 400, answer
+    assert "(the form has 'im\ufffdge')" in answer["error"], answer
+    assert "\\u" not in answer["error"] and "\\x" not in answer["error"]
+
+
 def test_a_stalled_client_is_dropped_after_the_timeout(net, tmp_path):
     """--timeout 1: a client that sends half its request line or its
     headers and stalls is disconnected after about a second (its thread

@@ -434,7 +434,10 @@ def register(sub):
     p = sub.add_parser(
         "predict", help="emotion distributions of images",
         description="Prints one JSON line per image: {\"image\", "
-                    "\"distribution\": {emotion: p}, \"dominant\"}.")
+                    "\"distribution\": {emotion: p}, \"dominant\"}. A "
+                    "name that is not UTF-8 is shown with U+FFFD for its "
+                    "other bytes, and \"image_bytes\" holds its exact bytes "
+                    "in hex.")
     net_args(p)
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.set_defaults(func=cmd_predict)

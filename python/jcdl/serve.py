@@ -217,6 +217,10 @@ class App:
                            f"({request.mimetype or 'no Content-Type'}): "
                            f"send the images as multipart/form-data in the "
                            f"field '{FIELD}'")
+        given = request.headers.get("Content-Length")
+        if given is not None and not given.strip().isdigit():
+            raise ApiError(400, f"Content-Length {given!r} is not a number "
+                           f"of bytes")
         length = request.content_length
         if length is not None and length > self.max_request:
             _drain(request.environ, length)
@@ -248,8 +252,9 @@ class App:
                   if field == FIELD and (name or data)]
         if not chosen:
             other = sorted({field for field, _, _ in files} - {FIELD})
-            hint = (f" (the form has {', '.join(repr(o) for o in other)})"
-                    if other else "")
+            shown = (repr(o.encode("utf-8", "surrogateescape").decode(
+                "utf-8", "replace")) for o in other)   # a Latin-1 name too
+            hint = f" (the form has {', '.join(shown)})" if other else ""
             raise ApiError(400, f"no file: send one or more images in the "
                            f"multipart field '{FIELD}'{hint}")
         if len(chosen) > self.max_files:

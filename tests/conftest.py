@@ -33,6 +33,19 @@ def jcdl(*args, **kw):
     return run("jcdl", *args, **kw)
 
 
+_PEAK = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "
+         "file=sys.stderr); sys.exit(r.returncode)")
+
+
+def peak_kib(cmd, *args, **kw):
+    """Runs a tool as run() does, under a parent of its own, and returns its
+    peak resident memory in KiB (this process's RUSAGE_CHILDREN holds the
+    largest of every child a test ran before, not this one's)."""
+    proc = run(sys.executable, "-c", _PEAK, BIN / cmd, *args, **kw)
+    return int(proc.stderr.strip().splitlines()[-1])
+
+
 def assert_clean_error(proc, *fragments):
     """A bad-input failure: non-zero exit, no traceback, and a last stderr
     line that contains every fragment."""

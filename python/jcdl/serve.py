@@ -252,8 +252,7 @@ class App:
                   if field == FIELD and (name or data)]
         if not chosen:
             other = sorted({field for field, _, _ in files} - {FIELD})
-            shown = (repr(o.encode("utf-8", "surrogateescape").decode(
-                "utf-8", "replace")) for o in other)   # a Latin-1 name too
+            shown = (repr(valid_unicode(o)) for o in other)  # Latin-1 too
             hint = f" (the form has {', '.join(shown)})" if other else ""
             raise ApiError(400, f"no file: send one or more images in the "
                            f"multipart field '{FIELD}'{hint}")

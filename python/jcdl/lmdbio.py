@@ -110,20 +110,20 @@ def record_too_large(h, w, c):
             "than a Caffe record can hold (2 GB)")
 
 
-def _check_record_size(entry, list_path, full_path, gray, h=None, w=None,
-                       c=None):
-    """An image too large for one record: from its header (its size, as
-    decoded to 3 channels or 1 with gray, whatever its own type), or given
-    as decoded (h, w, c), for what the header does not say."""
-    if h is None:
-        try:
-            with open(full_path, "rb") as f:
-                size = image_header(f)
-        except OSError:
-            return
-        if size is None:
-            return
-        h, w, c = size[0], size[1], 1 if gray else 3
+def _header_shape(full_path, gray):
+    """(h, w, c) of an image as it will be decoded (3 channels, or 1 with
+    gray, whatever its own type), from its header; None when the header
+    does not say."""
+    try:
+        with open(full_path, "rb") as f:
+            size = image_header(f)
+    except OSError:
+        return None
+    return None if size is None else (size[0], size[1], 1 if gray else 3)
+
+
+def _check_record_size(entry, list_path, full_path, h, w, c):
+    """An image of h x w x c too large for one record."""
     why = record_too_large(h, w, c)
     if why:
         raise JcdlError(list_path, f"image {full_path}: {why}: convert "
@@ -136,8 +136,10 @@ def make_datum(entry, list_path, full_path, gray=False, resize_height=0,
     """The Datum of one entry, as convert_imageset_r builds it; encode_type
     '' means raw pixels."""
     pb2 = caffe_pb2()
-    if not (resize_height and resize_width):
-        _check_record_size(entry, list_path, full_path, gray)
+    shape = None if resize_height and resize_width else \
+        _header_shape(full_path, gray)
+    if shape:   # before decoding it
+        _check_record_size(entry, list_path, full_path, *shape)
     img = imread(full_path, cv2.IMREAD_GRAYSCALE if gray
                  else cv2.IMREAD_COLOR)
     if img is None:
@@ -150,8 +152,8 @@ def make_datum(entry, list_path, full_path, gray=False, resize_height=0,
             raise JcdlError(list_path, f"cannot resize image {full_path} to "
                             f"{resize_width}x{resize_height}",
                             entry.line) from None
-    _check_record_size(entry, list_path, full_path, gray, *img.shape[:2],
-                       1 if img.ndim == 2 else img.shape[2])
+    _check_record_size(entry, list_path, full_path, *img.shape[:2],
+                       1 if img.ndim == 2 else img.shape[2])   # as decoded
     datum = pb2.Datum()
     if not encode_type:
         chw = img[None] if img.ndim == 2 else img.transpose(2, 0, 1)

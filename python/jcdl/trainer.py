@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import JcdlError
-from .files import WRITE_ERRNOS, make_folder_for
+from .files import WRITE_ERRNOS, make_folder_for, remove
 from .checks import set_learned_net
 from .metrics import MEASURES, summary
 
@@ -131,15 +131,12 @@ class Trainer:
             finally:
                 os.close(fd)
         except OSError as e:
-            if os.path.exists(path):
-                os.unlink(path)
+            remove(path)
             return e.errno not in WRITE_ERRNOS  # unsupported: no reserve
         return True
 
     def release(self):
-        path = os.path.join(os.path.dirname(self.tmp_prefix), "reserve")
-        if os.path.exists(path):
-            os.unlink(path)
+        remove(os.path.join(os.path.dirname(self.tmp_prefix), "reserve"))
 
     def fail(self, path, why):
         """A write failed: training stops (with a snapshot where there is
@@ -168,8 +165,7 @@ class Trainer:
             # another process took the room just released; the earlier
             # snapshot stays the last good one
             for path in (tmp_model, tmp_state):
-                if os.path.exists(path):
-                    os.unlink(path)
+                remove(path)
             why = re.search(r"cannot write \((.*)\)$", str(e))
             self.fail(os.path.dirname(model) or ".",
                       why[1] if why else str(e))

@@ -1,5 +1,6 @@
 """Shared helpers: the real ``jcdl`` command and real images on disk."""
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,15 @@ def run(cmd, *args, cwd=None, check=True, timeout=600, env=None):
 
 def jcdl(*args, **kw):
     return run("jcdl", *args, **kw)
+
+
+def default_signals():
+    """preexec_fn for a child that a test stops with a signal: SIGINT,
+    SIGTERM and SIGHUP at their defaults whatever the test runner has (a
+    run under nohup ignores SIGHUP, a script's background job SIGINT), so
+    the child sees the signal as a user's process would."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 _PEAK = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import BIN, assert_clean_error, jcdl
+from conftest import BIN, assert_clean_error, default_signals, jcdl
 from jcdl import datasets, demo, metrics, priors
 from jcdl.errors import JcdlError
 from jcdl.lists import read_distributions
@@ -111,7 +111,7 @@ def test_one_iteration_and_ctrl_c(tmp_path):
     proc = subprocess.Popen([str(BIN / "jcdl"), "demo", "--out", str(out),
                              "--iterations", "100000", "--images", "16"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=default_signals)
     log = out / "jcdl" / "train.log"
     deadline = time.time() + 120
     while not (log.exists() and "Iteration 20 " in log.read_text()):

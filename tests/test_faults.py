@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, assert_clean_error, jcdl, run, write_image
+from conftest import (BIN, assert_clean_error, default_signals, jcdl, run,
+                      write_image)
 from test_train import make_k7_data, small_solver
 
 from jcdl.caffenet import import_caffe
@@ -306,7 +307,7 @@ def test_demo_on_a_full_disk_keeps_the_earlier_demo(inputs, disk):
 def start(*args, tool="jcdl", cwd=None):
     return subprocess.Popen([str(BIN / tool), *map(str, args)], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=default_signals)
 
 
 def stopped_while_writing(proc, lock, timeout=60):

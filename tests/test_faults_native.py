@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import (BIN, assert_clean_error, jcdl, png_claiming, run,
-                      write_image)
+from conftest import (BIN, assert_clean_error, default_signals, jcdl,
+                      png_claiming, run, write_image)
 from test_faults import FULL, Disk
 from test_hostile_inputs import write_deploy, write_weights
 from test_train import (make_k7_data, make_lmdb, make_mean, set_solver,
@@ -271,7 +271,7 @@ def test_a_signal_stops_convert_imageset_r_cleanly(many, tmp_path, sig):
         [str(BIN / "convert_imageset_r"), "--resize_height=16",
          "--resize_width=16", f"{many / 'img'}/", str(many / "list.txt"),
          str(db)], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+        stderr=subprocess.PIPE, text=True, preexec_fn=default_signals)
     deadline = time.time() + 60
     while not list(db.parent.glob(".db.partial-*/data.mdb")):
         assert proc.poll() is None, proc.communicate()

@@ -21,8 +21,8 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import (BIN, ROOT, assert_clean_error, jcdl, png_claiming,
-                      strict_json, write_image)
+from conftest import (BIN, ROOT, assert_clean_error, default_signals, jcdl,
+                      png_claiming, strict_json, write_image)
 
 sys.path.insert(0, str(ROOT / "tools"))
 from webdriver import Browser  # noqa: E402
@@ -103,7 +103,8 @@ class Server:
             [str(BIN / "jcdl"), "serve", *map(str, net_args(net)),
              "--port", "0", *map(str, extra)],
             cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=default_signals)
         self.lines, self.urls = [], queue.Queue()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()

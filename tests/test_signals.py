@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import BIN, jcdl
+from conftest import BIN, default_signals, jcdl
 from test_train import make_k7_data, small_solver
 
 
@@ -22,7 +22,7 @@ def work(tmp_path_factory):
 def start(*args, cwd=None):
     return subprocess.Popen([str(BIN / "jcdl"), *map(str, args)], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=default_signals)
 
 
 def wait_for(path, text, proc, timeout=120):
@@ -55,6 +55,51 @@ def test_sigterm_and_sighup_snapshot_and_stop_train(work, sig):
     assert sorted(p.name for p in (work / name / "snapshots").iterdir()) \
         == [f"small_jcdl_iter_{it}.caffemodel",
             f"small_jcdl_iter_{it}.solverstate"]
+
+
+def test_an_ignored_sighup_does_not_stop_train(work):
+    """Under nohup (SIGHUP ignored when jcdl starts) a hang-up does not stop
+    training; SIGTERM still does, with its snapshot."""
+    solver = small_solver(work, "nohup", 7, max_iter=100000, snapshot=0,
+                          test_interval=100000, display=5)
+    rel = solver.relative_to(work)
+
+    def nohup():
+        default_signals()
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    proc = subprocess.Popen(
+        [str(BIN / "jcdl"), "train", "--solver", str(rel), "--log",
+         "nohup/log"], cwd=work, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, preexec_fn=nohup)
+    wait_for(work / "nohup" / "log", "Iteration 10 (", proc)
+    proc.send_signal(signal.SIGHUP)
+    start_log = (work / "nohup" / "log").read_text()
+    at = max(int(m) for m in re.findall(r"Iteration (\d+) \(", start_log))
+    wait_for(work / "nohup" / "log", f"Iteration {at + 20} (", proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert int(re.search(r"interrupted at iteration (\d+)", err)[1]) \
+        >= at + 20
+
+
+def test_an_ignored_sighup_does_not_stop_a_demo(tmp_path):
+    """The demo under nohup: a hang-up while it trains, and it still
+    finishes with its report."""
+    out = tmp_path / "demo"
+
+    def nohup():
+        default_signals()
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    proc = subprocess.Popen(
+        [str(BIN / "jcdl"), *map(str, demo_args(out, 30))],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=nohup)
+    wait_for(out / "jcdl" / "train.log", "Iteration 0 ", proc)
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert (out / "report.md").is_file()
 
 
 def demo_args(out, iterations):
@@ -193,7 +238,7 @@ def test_ctrl_c_while_the_command_starts(tmp_path, after):
             [str(BIN / "jcdl"), *map(str, demo_args(tmp_path / "d", 1))],
             stdout=subprocess.DEVNULL, stderr=f,
             env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"},
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+            preexec_fn=default_signals)
     line = re.compile(rf"^import time: .*\| +{re.escape(after)}$", re.M)
     deadline = time.time() + 60
     while not line.search(err.read_text()):

@@ -15,7 +15,8 @@ import lmdb
 import numpy as np
 import pytest
 
-from conftest import BIN, ROOT, assert_clean_error, jcdl, run
+from conftest import (BIN, ROOT, assert_clean_error, default_signals, jcdl,
+                      run)
 from jcdl import netgen
 from jcdl.caffenet import import_caffe
 from jcdl.plot import parse_log
@@ -368,7 +369,7 @@ def wait_for(path, pattern, proc, timeout=60):
 def start(work, *args):
     return subprocess.Popen([str(BIN / "jcdl"), *map(str, args)], cwd=work,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=default_signals)
 
 
 def test_ctrl_c_snapshots_then_resume_continues(work):

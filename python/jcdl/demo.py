@@ -151,10 +151,12 @@ def run_demo(out, iterations=600, n_images=800, seed=0):
                         f"of each scene), not {n_images}")
     out = output_path(out)
     # SIGTERM and SIGHUP as Ctrl-C: the earlier demo is put back (while a
-    # variant trains, its snapshot comes first)
+    # variant trains, its snapshot comes first); one ignored when jcdl
+    # started (nohup) stays ignored
     main = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.signal(sig, _interrupt)
-                for sig in (signal.SIGTERM, signal.SIGHUP)} if main else {}
+                for sig in (signal.SIGTERM, signal.SIGHUP)
+                if signal.getsignal(sig) != signal.SIG_IGN} if main else {}
     try:
         with claim(out):   # a second demo into OUT is refused
             return _replace(out, iterations, n_images, seed)

@@ -203,7 +203,8 @@ def train(solver_path, weights=None, gpu=None, resume=None, log=None,
 
 # the signals that stop training with a snapshot, as Ctrl-C does: SIGTERM
 # (kill, a job scheduler, systemd) and SIGHUP (the terminal closed; the
-# stock caffe snapshots and goes on, by its -sighup_effect)
+# stock caffe snapshots and goes on, by its -sighup_effect). One ignored
+# when jcdl started stays ignored: under nohup a hang-up does not stop it.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -220,7 +221,8 @@ def _train_loop(trainer, param, solver_path, gpu, log, progress,
 
     if main:
         for sig in STOP_SIGNALS:
-            previous[sig] = signal.signal(sig, on_signal)
+            if signal.getsignal(sig) != signal.SIG_IGN:
+                previous[sig] = signal.signal(sig, on_signal)
     try:
         trainer.run(progress)
         if trainer.log.failed:

@@ -27,7 +27,10 @@ case and thread count both processes are started and warmed up, then take
 turns one iteration at a time (who goes first alternating, PAUSE apart), so
 load from other users of the machine hits both sides alike; the ratios are
 taken within those runs and the load average is recorded around each.
-Writes results.json and results.md.
+Then, where the time goes: Caffe's by layer type (``caffe time``), and
+VGG-16 inference at batch 8 layer by layer on both sides (each layer's best
+of a few passes, the sides' workers in turn). Writes results.json and
+results.md.
 """
 import argparse
 import json
@@ -82,13 +85,29 @@ def caffe_nets(tmp):
         caffe_worker(case, d, build=False)
 
 
+def caffe_infer_net(batch, tmp, build=True):
+    """VGG-16 (K = 7) for inference with random weights and images of 1.0;
+    writes tmp/net.prototxt, and returns the net unless build is False."""
+    import caffe
+    from caffe import layers as L
+    from jcdl import netgen
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[batch, 3, 224, 224]))
+    netgen._body(n, "vgg16", K_VGG, deploy=False)  # with fillers
+    (Path(tmp) / "net.prototxt").write_text(str(n.to_proto()))
+    if not build:
+        return None
+    net = caffe.Net(str(Path(tmp) / "net.prototxt"), caffe.TEST)
+    net.blobs["data"].data[...] = 1.0
+    return net
+
+
 def caffe_worker(case, tmp, build=True):
     sys.path.insert(0, str(ROOT / "python"))
     os.environ.setdefault("GLOG_minloglevel", "2")
     import ctypes
 
     import caffe
-    from caffe import layers as L
     from jcdl import netgen
     pb = caffe.proto.caffe_pb2
     caffe.set_mode_cpu()
@@ -96,14 +115,9 @@ def caffe_worker(case, tmp, build=True):
     batch = CASES[case][0]
     tmp = Path(tmp)
     if case.startswith("vgg16_infer"):
-        n = caffe.NetSpec()
-        n.data = L.Input(shape=dict(dim=[batch, 3, 224, 224]))
-        netgen._body(n, "vgg16", K_VGG, deploy=False)  # with fillers
-        (tmp / "net.prototxt").write_text(str(n.to_proto()))
+        net = caffe_infer_net(batch, tmp, build)
         if not build:
             return None
-        net = caffe.Net(str(tmp / "net.prototxt"), caffe.TEST)
-        net.blobs["data"].data[...] = 1.0
         step = net.forward
     else:
         # netgen's train net (as bench/gpu's) over constant DummyData:
@@ -189,6 +203,90 @@ def torch_worker(case):
 
 
 # --- the orchestration ------------------------------------------------------
+
+# --- per layer: where the two sides differ --------------------------------
+
+LAYERS_BATCH = 8   # VGG-16 inference, the case furthest from the goal
+LAYERS_PASSES = 5  # passes per worker; each layer's best is kept
+LAYERS_RUNS = 2    # workers per side, the sides in turn
+
+
+def caffe_layer_times(tmp):
+    """ms per layer (Caffe's layer names), the best of LAYERS_PASSES
+    passes of net._forward(i, i), after one whole forward."""
+    sys.path.insert(0, str(ROOT / "python"))
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    import caffe
+    caffe.set_mode_cpu()
+    caffe.set_random_seed(1)
+    net = caffe_infer_net(LAYERS_BATCH, tmp)
+    names = list(net._layer_names)
+    net.forward()
+    best = [float("inf")] * len(names)
+    for _ in range(LAYERS_PASSES):
+        for i in range(len(names)):
+            t = time.perf_counter()
+            net._forward(i, i)
+            best[i] = min(best[i], time.perf_counter() - t)
+    return {n: 1000 * b for n, b in zip(names, best)}
+
+
+def torch_layer_names(model):
+    """torchvision's VGG-16 modules in order, named as Caffe's layers
+    (the pooling to 7 x 7 and the flattening have no Caffe layer)."""
+    from torch import nn
+    out, block, i = [], 1, 1
+    for m in model.features:
+        if isinstance(m, nn.MaxPool2d):
+            out.append((f"pool{block}", m))
+            block, i = block + 1, 1
+        elif isinstance(m, nn.Conv2d):
+            out.append((f"conv{block}_{i}", m))
+        else:
+            out.append((f"relu{block}_{i}", m))
+            i += 1
+    out += [("avgpool", model.avgpool), ("flatten", nn.Flatten())]
+    out += list(zip(("fc6", "relu6", "drop6", "fc7", "relu7", "drop7",
+                     "my_fc8"), model.classifier))
+    return out
+
+
+def torch_layer_times():
+    sys.path.insert(0, str(ROOT / "bench" / "gpu"))
+    import torch
+    import torch_twin as tt
+    model = tt.build_model(K_VGG, "cpu").eval()
+    layers = torch_layer_names(model)
+    x = torch.ones(LAYERS_BATCH, 3, 224, 224)
+    best = [float("inf")] * len(layers)
+    with torch.no_grad():
+        model(x)
+        for _ in range(LAYERS_PASSES):
+            y = x
+            for i, (_, m) in enumerate(layers):
+                t = time.perf_counter()
+                y = m(y)
+                best[i] = min(best[i], time.perf_counter() - t)
+    return {n: 1000 * b for (n, _), b in zip(layers, best)}
+
+
+def layer_compare(threads=2):
+    """Per layer, VGG-16 inference at LAYERS_BATCH and this thread count:
+    each side's best over LAYERS_RUNS workers in turn (one at a time)."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads),
+               OMP_NUM_THREADS=str(threads))
+    best = {"caffe": {}, "torch": {}}
+    for run in range(LAYERS_RUNS):
+        for side in (("caffe", "torch") if run % 2 == 0 else
+                     ("torch", "caffe")):
+            py = CAFFE_PY if side == "caffe" else TORCH_PY
+            p = subprocess.run([str(py), __file__, "--layer-times", side],
+                               env=env, capture_output=True, text=True,
+                               timeout=900, check=True)
+            for name, ms in json.loads(p.stdout.splitlines()[-1]).items():
+                best[side][name] = round(min(ms, best[side].get(name, ms)), 2)
+    return {"batch": LAYERS_BATCH, "threads": threads, **best}
+
 
 def loadavg():
     return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
@@ -368,18 +466,30 @@ def main(argv=None):
     ap.add_argument("--worker", choices=("caffe", "torch"))
     ap.add_argument("--case", choices=list(CASES))
     ap.add_argument("--write-nets", metavar="DIR", help=argparse.SUPPRESS)
+    ap.add_argument("--layer-times", choices=("caffe", "torch"),
+                    help=argparse.SUPPRESS)
     ap.add_argument("--profile-only", action="store_true",
-                    help="add the profile to OUT/results.json and rewrite "
+                    help="redo the summary, the profile and the per-layer "
+                         "comparison of OUT/results.json and rewrite "
                          "results.md")
     args = ap.parse_args(argv)
     if args.write_nets:
         caffe_nets(args.write_nets)
         return 0
+    if args.layer_times:
+        with tempfile.TemporaryDirectory() as tmp:
+            times = (caffe_layer_times(tmp) if args.layer_times == "caffe"
+                     else torch_layer_times())
+        print(json.dumps(times))
+        return 0
     if args.profile_only:
         out = Path(args.out)
         res = json.loads((out / "results.json").read_text())
-        res["profile"] = profile()
         cases = list(res["summary"])[:-2]
+        res["summary"] = summarize(res, cases)
+        res["profile"] = profile()
+        res["layers"] = layer_compare()
+        res["profiled"] = time.strftime("%Y-%m-%d %H:%M:%S")
         (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
         (out / "results.md").write_text(markdown(res, cases))
         print(markdown(res, cases))
@@ -423,6 +533,7 @@ def main(argv=None):
     res["sgemm_end"] = sgemm()
     res["summary"] = summarize(res, cases)
     res["profile"] = profile()
+    res["layers"] = layer_compare()
     out = Path(args.out)
     (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
     (out / "results.md").write_text(markdown(res, cases))
@@ -450,11 +561,17 @@ def summarize(res, cases):
         same = {t: round(statistics.median(
             row[case][t]["ratio_pairs_median"] for row in res["reps"]), 3)
             for t in res["reps"][0][case]}
+        # what the second thread gives each side: t1's time over t2's
+        gain = {side: round(statistics.median(
+            row[case]["t1"][side]["ms_median"] /
+            row[case]["t2"][side]["ms_median"] for row in res["reps"]), 2)
+            for side in ("caffe", "torch")}
         s[case] = {"caffe_ms": round(statistics.median(cm), 2),
                    "torch_ms": round(statistics.median(tm), 2),
                    "caffe_speed_over_torch": round(statistics.median(ratios), 3),
                    "ratio_per_rep": [round(r, 3) for r in ratios],
                    "ratio_at_equal_threads": same,
+                   "second_thread_speedup": gain,
                    "caffe_best": ck, "torch_best": tk}
     peak = res["peak"]["gflops"]
     s["sgemm_square_2048_gflops"] = res["sgemm"]["gflops"]["square_2048"]
@@ -512,6 +629,16 @@ def markdown(res, cases):
               "thread counts:"] + [
               f"{c}: Caffe {', '.join(s[c]['caffe_best'])}; PyTorch "
               f"{', '.join(s[c]['torch_best'])}." for c in cases] + [""]
+    lines += ["What the second thread gives each side (the median of 1 "
+              "thread's time over 2 threads'): " + "; ".join(
+                  f"{c} Caffe {s[c]['second_thread_speedup']['caffe']}×, "
+                  f"PyTorch {s[c]['second_thread_speedup']['torch']}×"
+                  for c in cases if "second_thread_speedup" in s[c]) + ".",
+              ""]
+    if res.get("profiled"):
+        lines += [f"The profile and the per-layer table below were made "
+                  f"later, at {res['profiled']} (`--profile-only`).", ""]
+    lines += layers_markdown(res.get("layers"))
     for name, prof in res.get("profile", {}).items():
         lines += [f"Where Caffe's time goes, VGG-16 {name} (`caffe time`, "
                   f"{prof['threads']} threads, ms per iteration by layer "
@@ -519,6 +646,36 @@ def markdown(res, cases):
                       f"{k} {v} ({100 * prof['share'][k]:.0f} %)"
                       for k, v in list(prof["ms"].items())[:6]) + ".", ""]
     return "\n".join(lines)
+
+
+def layers_markdown(lay):
+    """The per-layer table: each convolution, pool and fully connected
+    layer, ReLU and the rest summed; PyTorch's time over Caffe's."""
+    if not lay:
+        return []
+    c, t = lay["caffe"], lay["torch"]
+    rows, relu, other = [], [0.0, 0.0], [0.0, 0.0]
+    for name in c:
+        if name.startswith(("conv", "pool", "fc", "my_fc")):
+            rows.append((name, c[name], t.get(name, 0.0)))
+        elif name.startswith("relu"):
+            relu = [relu[0] + c[name], relu[1] + t.get(name, 0.0)]
+        else:
+            other = [other[0] + c[name], other[1] + t.get(name, 0.0)]
+    other[1] += sum(v for k, v in t.items() if k not in c)
+    rows += [("ReLU (all)", *relu), ("the rest", *other)]
+    rows.append(("total", sum(c.values()), sum(t.values())))
+    out = [f"Per layer, VGG-16 inference at batch {lay['batch']} and "
+           f"{lay['threads']} threads (each layer's best of "
+           f"{LAYERS_PASSES} passes, over {LAYERS_RUNS} workers a side, one "
+           "at a time; the rest: the input, dropout, and PyTorch's pooling "
+           "to 7 × 7 and flattening):", "",
+           "| layer | Caffe ms | PyTorch ms | PyTorch / Caffe |",
+           "|---|---|---|---|"]
+    for name, a, b in rows:
+        ratio = f"{b / a:.2f}" if a >= 0.1 else "–"  # not below 0.1 ms
+        out.append(f"| {name} | {a:.1f} | {b:.1f} | {ratio} |")
+    return out + [""]
 
 
 if __name__ == "__main__":

@@ -113,13 +113,50 @@ def test_max_pooling_gradient_goes_to_the_argmax(tmp_path, case):
     diff = rng.standard_normal(top.shape).astype(np.float32)
     net.blobs["pool"].diff[...] = diff
     net.backward()
+    np.testing.assert_allclose(net.blobs["data"].diff,
+                               routed(shape, idx, diff), rtol=0, atol=1e-6)
+
+
+def routed(shape, idx, diff):
+    """The input gradient that upstream's loop sends: each output's to its
+    argmax, none from a window whose argmax is -1."""
     want = np.zeros(shape, np.float64)
     for i in range(shape[0]):
         for j in range(shape[1]):
-            np.add.at(want[i, j].reshape(-1), idx[i, j].reshape(-1),
-                      diff[i, j].reshape(-1))
-    np.testing.assert_allclose(net.blobs["data"].diff, want, rtol=0,
-                               atol=1e-6)
+            ok = idx[i, j] >= 0
+            np.add.at(want[i, j].reshape(-1), idx[i, j][ok],
+                      diff[i, j][ok])
+    return want
+
+
+@pytest.mark.parametrize("ntop", [1, 2])
+def test_windows_of_only_minus_inf(tmp_path, ntop):
+    """A window where nothing beats the initial -FLT_MAX (all -inf): the
+    output is -FLT_MAX and the argmax -1, also after a forward that had
+    valid indices there (each row's mask is set anew), and Backward sends
+    it no gradient instead of writing before the channel (patch 0005)."""
+    caffe.set_mode_cpu()
+    shape, kernel, stride, pad = (2, 3, 7, 9), (2, 2), (2, 2), (0, 1)
+    net = pool_net(tmp_path, shape, kernel, stride, pad, ntop)
+    pooled = net.blobs["pool"].data.shape[2:]
+    rng = np.random.default_rng(21)
+    net.blobs["data"].data[...] = inputs(rng, shape, False)
+    net.forward()   # every index valid
+    x = inputs(rng, shape, False)
+    x[0, 1] = -np.inf          # a whole channel
+    x[1, 2, :4, :5] = -np.inf  # the windows over a corner
+    top, idx = reference(x, kernel, stride, pad, pooled)
+    assert (idx[0, 1] == -1).all() and (idx[1, 2] == -1).sum() >= 4
+    net.blobs["data"].data[...] = x
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["pool"].data, top)
+    if ntop == 2:
+        np.testing.assert_array_equal(net.blobs["mask"].data, idx)
+    diff = rng.standard_normal(top.shape).astype(np.float32)
+    net.blobs["pool"].diff[...] = diff
+    net.backward()
+    np.testing.assert_allclose(net.blobs["data"].diff,
+                               routed(shape, idx, diff), rtol=0, atol=1e-6)
 
 
 def test_global_max_pooling(tmp_path):

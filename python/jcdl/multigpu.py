@@ -6,8 +6,10 @@ checks, so bad input is still one line instead of a CHECK abort.
 The batch size in the net is per GPU (Caffe's rule): with N GPUs each
 iteration sees N times the batch. Logging and snapshots are the caffe
 tool's own; Ctrl-C, SIGTERM or SIGHUP to jcdl is passed on to caffe as
-SIGINT, on which it snapshots and stops. The log is glog's, which ``jcdl
-plot`` reads.
+SIGINT, on which it snapshots and stops. caffe runs in a session of its
+own, so that a terminal's Ctrl-C or hang-up reaches jcdl only and caffe
+follows jcdl's choice: under nohup (SIGHUP ignored) a hang-up reaches
+neither. The log is glog's, which ``jcdl plot`` reads.
 """
 import os
 import signal
@@ -81,13 +83,22 @@ def train_on_gpus(solver, gpus, weights=None, resume=None, log=None):
     from .train import check_run  # noqa: PLC0415
     check_run(solver, weights, resume)
     check_gpus(gpus)
-    cmd = caffe_command(solver, gpus, weights, resume)
+    return run_caffe(caffe_command(solver, gpus, weights, resume), log,
+                     append=bool(resume))
+
+
+def run_caffe(cmd, log=None, append=False):
+    """Runs the caffe tool's command line cmd in a session of its own, its
+    log to stderr and to ``log`` (appended to with ``append``); a Ctrl-C,
+    SIGTERM or SIGHUP that stops jcdl is sent on to caffe as SIGINT.
+    Returns caffe's exit status."""
     env = dict(os.environ, GLOG_logtostderr="1")
     env.pop("GLOG_minloglevel", None)   # the INFO lines are the log
-    out = open(log, "a" if resume else "w") if log else None
+    out = open(log, "a" if append else "w") if log else None
     try:
         with subprocess.Popen(cmd, stderr=subprocess.PIPE, env=env,
-                              text=True, errors="replace") as proc:
+                              text=True, errors="replace",
+                              start_new_session=True) as proc:
             try:
                 _tee(proc.stderr, out)
             except KeyboardInterrupt:   # Ctrl-C, SIGTERM, SIGHUP to jcdl:

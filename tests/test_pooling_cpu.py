@@ -77,6 +77,33 @@ def inputs(rng, shape, special):
     return x
 
 
+def routed(shape, idx, diff):
+    """The input gradient that upstream's loop sends: each output's to its
+    argmax, none from a window whose argmax is -1."""
+    want = np.zeros(shape, np.float64)
+    for i in range(shape[0]):
+        for j in range(shape[1]):
+            ok = idx[i, j] >= 0
+            np.add.at(want[i, j].reshape(-1), idx[i, j][ok],
+                      diff[i, j][ok])
+    return want
+
+
+def check_pass(net, x, top, idx, rng):
+    """A forward of x: the maxima top (and, with a second top, the argmax
+    idx); then a backward of a random gradient: routed as upstream's."""
+    net.blobs["data"].data[...] = x
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["pool"].data, top)
+    if "mask" in net.blobs:
+        np.testing.assert_array_equal(net.blobs["mask"].data, idx)
+    diff = rng.standard_normal(top.shape).astype(np.float32)
+    net.blobs["pool"].diff[...] = diff
+    net.backward()
+    np.testing.assert_allclose(net.blobs["data"].diff,
+                               routed(x.shape, idx, diff), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_max_pooling_matches_upstreams_loop(tmp_path, case):
     caffe.set_mode_cpu()
@@ -107,26 +134,7 @@ def test_max_pooling_gradient_goes_to_the_argmax(tmp_path, case):
     x = inputs(rng, shape, False)
     top, idx = reference(x, kernel, stride, pad, pooled)
     assert (idx >= 0).all()
-    net.blobs["data"].data[...] = x
-    net.forward()
-    np.testing.assert_array_equal(net.blobs["pool"].data, top)
-    diff = rng.standard_normal(top.shape).astype(np.float32)
-    net.blobs["pool"].diff[...] = diff
-    net.backward()
-    np.testing.assert_allclose(net.blobs["data"].diff,
-                               routed(shape, idx, diff), rtol=0, atol=1e-6)
-
-
-def routed(shape, idx, diff):
-    """The input gradient that upstream's loop sends: each output's to its
-    argmax, none from a window whose argmax is -1."""
-    want = np.zeros(shape, np.float64)
-    for i in range(shape[0]):
-        for j in range(shape[1]):
-            ok = idx[i, j] >= 0
-            np.add.at(want[i, j].reshape(-1), idx[i, j][ok],
-                      diff[i, j][ok])
-    return want
+    check_pass(net, x, top, idx, rng)
 
 
 @pytest.mark.parametrize("ntop", [1, 2])
@@ -147,16 +155,7 @@ def test_windows_of_only_minus_inf(tmp_path, ntop):
     x[1, 2, :4, :5] = -np.inf  # the windows over a corner
     top, idx = reference(x, kernel, stride, pad, pooled)
     assert (idx[0, 1] == -1).all() and (idx[1, 2] == -1).sum() >= 4
-    net.blobs["data"].data[...] = x
-    net.forward()
-    np.testing.assert_array_equal(net.blobs["pool"].data, top)
-    if ntop == 2:
-        np.testing.assert_array_equal(net.blobs["mask"].data, idx)
-    diff = rng.standard_normal(top.shape).astype(np.float32)
-    net.blobs["pool"].diff[...] = diff
-    net.backward()
-    np.testing.assert_allclose(net.blobs["data"].diff,
-                               routed(shape, idx, diff), rtol=0, atol=1e-6)
+    check_pass(net, x, top, idx, rng)
 
 
 def test_global_max_pooling(tmp_path):

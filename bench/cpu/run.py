@@ -485,6 +485,7 @@ def main(argv=None):
     if args.profile_only:
         out = Path(args.out)
         res = json.loads((out / "results.json").read_text())
+        ensure_torch()
         cases = list(res["summary"])[:-2]
         res["summary"] = summarize(res, cases)
         res["profile"] = profile()

@@ -43,6 +43,12 @@ def default_signals():
         signal.signal(sig, signal.SIG_DFL)
 
 
+def nohup_signals():
+    """preexec_fn: default_signals, then SIGHUP ignored, as under nohup."""
+    default_signals()
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
 _PEAK = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
          "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "
          "file=sys.stderr); sys.exit(r.returncode)")

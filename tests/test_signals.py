@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import BIN, default_signals, jcdl
+from conftest import BIN, default_signals, jcdl, nohup_signals
 from test_train import make_k7_data, small_solver
 
 
@@ -63,14 +63,10 @@ def test_an_ignored_sighup_does_not_stop_train(work):
     solver = small_solver(work, "nohup", 7, max_iter=100000, snapshot=0,
                           test_interval=100000, display=5)
     rel = solver.relative_to(work)
-
-    def nohup():
-        default_signals()
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     proc = subprocess.Popen(
         [str(BIN / "jcdl"), "train", "--solver", str(rel), "--log",
          "nohup/log"], cwd=work, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, preexec_fn=nohup)
+        stderr=subprocess.PIPE, text=True, preexec_fn=nohup_signals)
     wait_for(work / "nohup" / "log", "Iteration 10 (", proc)
     proc.send_signal(signal.SIGHUP)
     start_log = (work / "nohup" / "log").read_text()
@@ -87,14 +83,10 @@ def test_an_ignored_sighup_does_not_stop_a_demo(tmp_path):
     """The demo under nohup: a hang-up while it trains, and it still
     finishes with its report."""
     out = tmp_path / "demo"
-
-    def nohup():
-        default_signals()
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     proc = subprocess.Popen(
         [str(BIN / "jcdl"), *map(str, demo_args(out, 30))],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=nohup)
+        preexec_fn=nohup_signals)
     wait_for(out / "jcdl" / "train.log", "Iteration 0 ", proc)
     proc.send_signal(signal.SIGHUP)
     _, err = proc.communicate(timeout=300)

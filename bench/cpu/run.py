@@ -102,16 +102,22 @@ def caffe_infer_net(batch, tmp, build=True):
     return net
 
 
-def caffe_worker(case, tmp, build=True):
+def caffe_cpu():
+    """pycaffe on the CPU, quiet, seeded: a Caffe worker's start."""
     sys.path.insert(0, str(ROOT / "python"))
     os.environ.setdefault("GLOG_minloglevel", "2")
-    import ctypes
-
     import caffe
-    from jcdl import netgen
-    pb = caffe.proto.caffe_pb2
     caffe.set_mode_cpu()
     caffe.set_random_seed(1)
+    return caffe
+
+
+def caffe_worker(case, tmp, build=True):
+    import ctypes
+
+    caffe = caffe_cpu()
+    from jcdl import netgen
+    pb = caffe.proto.caffe_pb2
     batch = CASES[case][0]
     tmp = Path(tmp)
     if case.startswith("vgg16_infer"):
@@ -214,11 +220,7 @@ LAYERS_RUNS = 2    # workers per side, the sides in turn
 def caffe_layer_times(tmp):
     """ms per layer (Caffe's layer names), the best of LAYERS_PASSES
     passes of net._forward(i, i), after one whole forward."""
-    sys.path.insert(0, str(ROOT / "python"))
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    import caffe
-    caffe.set_mode_cpu()
-    caffe.set_random_seed(1)
+    caffe_cpu()
     net = caffe_infer_net(LAYERS_BATCH, tmp)
     names = list(net._layer_names)
     net.forward()

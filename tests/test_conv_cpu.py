@@ -163,16 +163,18 @@ TAP_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", TAP_CASES,
-                         ids=lambda c: "x".join(map(str, c[0])))
-def test_per_tap_path_matches_numpy_forward_and_backward(tmp_path, case):
+def check_forward_and_backward(tmp_path, case, uses_path):
+    """A stride-1 convolution (input shape, outputs, kernel, pad, dilation,
+    group, bottoms) against float64 NumPy: outputs, data and weight
+    gradients, and the weight gradient accumulated over two passes.
+    uses_path(output height, output width) asserts that the case reaches
+    the path under test."""
     shape, num, kernel, pad, dilation, group, bottoms = case
     caffe.set_mode_cpu()
     net = conv_net(tmp_path, shape, num, kernel, 1, pad, dilation, group,
                    bottoms)
     oh, ow = net.blobs["conv"].data.shape[2:]
-    # the per-tap path's thresholds
-    assert shape[0] * oh * ow >= 2048 and shape[1] // group >= 32
+    assert uses_path(oh, ow)
     rng = np.random.default_rng(2)
     inputs = [n for n in net.inputs]
     xs = [rng.standard_normal(shape).astype(np.float32) for _ in inputs]
@@ -208,6 +210,48 @@ def test_per_tap_path_matches_numpy_forward_and_backward(tmp_path, case):
     # Caffe accumulates the weight gradient: a second pass adds as much
     net.backward()
     assert np.abs(net.params["conv"][0].diff - 2 * gw_want).max() < 2 * tol
+
+
+@pytest.mark.parametrize("case", TAP_CASES,
+                         ids=lambda c: "x".join(map(str, c[0])))
+def test_per_tap_path_matches_numpy_forward_and_backward(tmp_path, case):
+    shape, num, kernel, pad, dilation, group, bottoms = case
+    # the per-tap path's thresholds (and not Winograd's: a 3 x 3 kernel
+    # here has fewer than 16 outputs)
+    check_forward_and_backward(
+        tmp_path, case, lambda oh, ow: shape[0] * oh * ow >= 2048 and
+        shape[1] // group >= 32 and (kernel != 3 or dilation != 1 or
+                                     num // group < 16))
+
+
+# 3 x 3, stride 1, at least 16 input and output channels a group and 100
+# tiles (2 x 2 outputs) a batch: Winograd's F(2x2, 3x3) (patch 0019).
+# (input shape, outputs, kernel, pad, dilation, group, bottoms)
+WINOGRAD_CASES = [
+    ((2, 16, 20, 22), 16, 3, 1, 1, 1, 1),          # VGG-like
+    ((1, 32, 21, 23), 24, 3, 1, 1, 1, 1),          # odd sizes: cut tiles
+    ((3, 16, 15, 17), 16, 3, 0, 1, 1, 1),          # no pad
+    ((2, 16, 13, 11), 20, 3, 2, 1, 1, 1),          # pad 2 (gradient pad 0)
+    ((2, 24, 14, 18), 16, 3, (0, 2), 1, 1, 1),     # pads differ
+    ((2, 64, 16, 16), 32, 3, 1, 1, 2, 1),          # two groups
+    ((2, 16, 16, 16), 16, 3, 1, 1, 1, 2),          # two bottoms, one weight
+    ((3, 16, 70, 70), 16, 3, 1, 1, 1, 1),          # bands across images
+    ((1, 16, 3, 4200), 16, 3, 1, 1, 1, 1),         # a band of one tile row
+    ((3, 512, 14, 14), 512, 3, 1, 1, 1, 1),        # VGG-16's conv5 (b3)
+]
+
+
+def winograd_tiles(shape, oh, ow):
+    return shape[0] * ((oh + 1) // 2) * ((ow + 1) // 2)
+
+
+@pytest.mark.parametrize("case", WINOGRAD_CASES,
+                         ids=lambda c: "x".join(map(str, c[0])))
+def test_winograd_matches_numpy_forward_and_backward(tmp_path, case):
+    shape, num, kernel, pad, dilation, group, bottoms = case
+    check_forward_and_backward(
+        tmp_path, case, lambda oh, ow: winograd_tiles(shape, oh, ow) >= 100
+        and shape[1] // group >= 16 and num // group >= 16)
 
 
 def test_per_tap_and_im2col_paths_agree_across_the_threshold(tmp_path):

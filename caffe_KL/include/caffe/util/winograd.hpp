@@ -1,0 +1,41 @@
+#ifndef CAFFE_UTIL_WINOGRAD_HPP_
+#define CAFFE_UTIL_WINOGRAD_HPP_
+
+#include "caffe/blob.hpp"
+
+// 3x3 convolution of stride 1 on the CPU by Winograd's minimal filtering,
+// F(2x2, 3x3) (Lavin and Gray, "Fast Algorithms for Convolutional Neural
+// Networks", 2016): each 2x2 block of outputs takes 16 products per input
+// channel instead of 36. The input is cut into 4x4 tiles overlapping by 2,
+// each transformed to V = B' d B; the weights to U = G g G'; then for each
+// of the 16 positions of a tile one GEMM, M = U V over the channels; and
+// each output block is A' M A. B, G and A hold only 0, +-1 and 1/2, so the
+// result differs from the direct sums by rounding only.
+
+namespace caffe {
+
+/// The convolution of num images of in channels (height x width each, an
+/// image every in_stride values) with weights w, padded by pad_h and pad_w
+/// (at most 2): out channels of (height + 2 pad_h - 2) x (width + 2 pad_w -
+/// 2), an image every out_stride values, overwritten. w is out x in x 3 x 3;
+/// with flip it is in x out x 3 x 3 and is used transposed and turned by 180
+/// degrees, which makes this the data gradient of the convolution by w of
+/// out channels into in, padded by 2 - pad. buffer is reshaped to hold the
+/// transformed weights and a band of transformed tiles.
+template <typename Dtype>
+void winograd_conv_cpu(const Dtype* w, bool flip, const Dtype* input,
+    int num, int in, int in_stride, int height, int width, int pad_h,
+    int pad_w, int out, int out_stride, Dtype* output, Blob<Dtype>* buffer);
+
+/// The gradient of winograd_conv_cpu's weights (without flip), added to
+/// weight_diff (out x in x 3 x 3): for num images input as above and the
+/// gradient of their outputs, output_diff (an image every out_stride).
+template <typename Dtype>
+void winograd_weight_diff_cpu(const Dtype* input, const Dtype* output_diff,
+    int num, int in, int in_stride, int height, int width, int pad_h,
+    int pad_w, int out, int out_stride, Dtype* weight_diff,
+    Blob<Dtype>* buffer);
+
+}  // namespace caffe
+
+#endif  // CAFFE_UTIL_WINOGRAD_HPP_

@@ -1,0 +1,123 @@
+// Convolution 3x3 of stride 1 on the CPU by Winograd's F(2x2, 3x3) (patch
+// 0019): against a direct convolution in float and double, and
+// gradient-checked. The shapes reach it: 16 channels, over 100 tiles a batch.
+#include <vector>
+
+#include "gtest/gtest.h"
+
+#include "caffe/blob.hpp"
+#include "caffe/common.hpp"
+#include "caffe/filler.hpp"
+#include "caffe/layers/conv_layer.hpp"
+
+#include "caffe/test/test_caffe_main.hpp"
+#include "caffe/test/test_gradient_check_util.hpp"
+
+namespace caffe {
+
+template <typename TypeParam>
+class WinogradConvolutionTest : public MultiDeviceTest<TypeParam> {
+  typedef typename TypeParam::Dtype Dtype;
+
+ protected:
+  // 3 images of 16 channels, 11 x 13 (output 11 x 13 with pad 1: 6 x 7
+  // tiles an image, the last row and column of them cut)
+  WinogradConvolutionTest() : bottom_(3, 16, 11, 13) {
+    FillerParameter filler_param;
+    // small values, for the float objective of the gradient check (half
+    // the sum of the squares of the outputs) to keep its precision
+    filler_param.set_std(0.1);
+    GaussianFiller<Dtype> filler(filler_param);
+    filler.Fill(&bottom_);
+    bottom_vec_.push_back(&bottom_);
+    top_vec_.push_back(&top_);
+  }
+
+  LayerParameter param(int outputs, int pad_h, int pad_w) {
+    LayerParameter layer_param;
+    ConvolutionParameter* conv = layer_param.mutable_convolution_param();
+    conv->add_kernel_size(3);
+    conv->set_pad_h(pad_h);
+    conv->set_pad_w(pad_w);
+    conv->set_num_output(outputs);
+    conv->mutable_weight_filler()->set_type("gaussian");
+    conv->mutable_weight_filler()->set_std(0.1);
+    conv->mutable_bias_filler()->set_type("gaussian");
+    conv->mutable_bias_filler()->set_std(0.1);
+    return layer_param;
+  }
+
+  Blob<Dtype> bottom_, top_;
+  vector<Blob<Dtype>*> bottom_vec_, top_vec_;
+};
+
+TYPED_TEST_CASE(WinogradConvolutionTest, TestDtypesAndDevices);
+
+TYPED_TEST(WinogradConvolutionTest, TestForwardMatchesDirectSums) {
+  typedef typename TypeParam::Dtype Dtype;
+  const int pads[3][2] = {{1, 1}, {0, 2}, {2, 0}};
+  for (int p = 0; p < 3; ++p) {
+    const int ph = pads[p][0], pw = pads[p][1];
+    ConvolutionLayer<Dtype> layer(this->param(18, ph, pw));
+    layer.SetUp(this->bottom_vec_, this->top_vec_);
+    layer.Forward(this->bottom_vec_, this->top_vec_);
+    const Blob<Dtype>& w = *layer.blobs()[0];
+    const Blob<Dtype>& b = *layer.blobs()[1];
+    const Blob<Dtype>& x = this->bottom_;
+    const int oh = x.height() + 2 * ph - 2, ow = x.width() + 2 * pw - 2;
+    ASSERT_EQ(oh, this->top_.height());
+    ASSERT_EQ(ow, this->top_.width());
+    for (int n = 0; n < x.num(); ++n) {
+      for (int o = 0; o < 18; ++o) {
+        for (int y = 0; y < oh; ++y) {
+          for (int z = 0; z < ow; ++z) {
+            double sum = b.cpu_data()[o];
+            for (int c = 0; c < x.channels(); ++c) {
+              for (int i = 0; i < 3; ++i) {
+                for (int j = 0; j < 3; ++j) {
+                  const int yy = y + i - ph, zz = z + j - pw;
+                  if (yy < 0 || yy >= x.height() || zz < 0 ||
+                      zz >= x.width()) {
+                    continue;
+                  }
+                  sum += double(w.data_at(o, c, i, j)) *
+                      x.data_at(n, c, yy, zz);
+                }
+              }
+            }
+            EXPECT_NEAR(sum, this->top_.data_at(n, o, y, z), 1e-4)
+                << "pad " << ph << "," << pw << " at " << n << "," << o
+                << "," << y << "," << z;
+          }
+        }
+      }
+    }
+  }
+}
+
+// The gradient check's objective is half the sum of the squares of all the
+// outputs; in float its rounding is about the size of the differences it
+// measures, so the check runs in double (the same template code), and the
+// float gradients are compared with float64 NumPy in tests/test_conv_cpu.py.
+template <typename TypeParam>
+class WinogradConvolutionGradientTest
+    : public WinogradConvolutionTest<TypeParam> {};
+
+TYPED_TEST_CASE(WinogradConvolutionGradientTest,
+    ::testing::Types<CPUDevice<double> >);
+
+TYPED_TEST(WinogradConvolutionGradientTest, TestGradient) {
+  typedef typename TypeParam::Dtype Dtype;
+  ConvolutionLayer<Dtype> layer(this->param(16, 1, 1));
+  GradientChecker<Dtype> checker(1e-2, 1e-3);
+  checker.CheckGradient(&layer, this->bottom_vec_, this->top_vec_);
+}
+
+TYPED_TEST(WinogradConvolutionGradientTest, TestGradientPad2) {
+  typedef typename TypeParam::Dtype Dtype;
+  ConvolutionLayer<Dtype> layer(this->param(16, 2, 0));
+  GradientChecker<Dtype> checker(1e-2, 1e-3);
+  checker.CheckGradient(&layer, this->bottom_vec_, this->top_vec_);
+}
+
+}  // namespace caffe

@@ -1,11 +1,15 @@
-"""Caffe's CPU convolution on the paths patches 0010, 0012 and 0014
+"""Caffe's CPU convolution on the paths patches 0010, 0012, 0014 and 0019
 changed: im2col/col2im over whole rows; a forward pass big enough (a column
 buffer above 4 Mi values) to be made and multiplied in bands of output rows;
-and stride 1 over at least 2048 output positions a batch, which runs one GEMM
-per kernel tap without a column buffer, forward and backward. Caffe's gtests
-use small blobs only, which never reach the banded or per-tap paths; here a
+stride 1 over at least 2048 output positions a batch, which runs one GEMM
+per kernel tap without a column buffer, forward and backward; and 3 x 3 of
+stride 1 from 16 channels and 100 tiles a batch, by Winograd's F(2x2, 3x3).
+Caffe's gtests use small blobs only, which never reach these paths; here a
 float64 NumPy convolution and its gradients are the reference."""
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -284,3 +288,39 @@ def test_per_tap_and_im2col_paths_agree_across_the_threshold(tmp_path):
         out[batch][2].append(gw)
     for a, b in zip(out[1][:3], out[2][:3]):
         assert np.abs(np.concatenate(a) - np.concatenate(b)).max() < 1e-4
+
+
+NO_THREADS = r"""
+import os, resource, sys, tempfile
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+from test_conv_cpu import caffe, conv_net, reference
+caffe.set_mode_cpu()
+shape = (2, 16, 20, 22)
+net = conv_net(Path(tempfile.mkdtemp()), shape, 16, 3, 1, 1, 1, 1)
+x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+net.blobs["data"].data[...] = x
+resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # no new thread from here
+net.forward()
+w, b = net.params["conv"][0].data, net.params["conv"][1].data
+print(np.abs(net.blobs["conv"].data - reference(x, w, b, 1, 1, 1, 1)).max())
+"""
+
+
+def test_winograd_runs_where_no_thread_can_be_started():
+    """The transforms run on as many threads as the BLAS has; where no
+    thread can be started (a process limit reached), this one does all the
+    work instead of failing. As root, whom the limit does not bind, the
+    child runs as another user (setpriv)."""
+    here = Path(__file__).resolve().parent
+    command = [sys.executable, "-c", NO_THREADS, str(here)]
+    if os.geteuid() == 0:
+        command = ["setpriv", "--reuid=65534", "--regid=65534",
+                   "--clear-groups", *command]
+    proc = subprocess.run(command, capture_output=True, text=True,
+                          timeout=120, cwd="/",
+                          env=dict(os.environ, OPENBLAS_NUM_THREADS="2",
+                                   HOME="/tmp"))
+    assert proc.returncode == 0, proc.stderr
+    assert float(proc.stdout) < 1e-5

@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -28,18 +29,26 @@ namespace {
 int plane_stride(int size) { return size + 16; }
 
 // f(begin, end) over [0, n) in as many parts as the BLAS has threads: the
-// transforms run between the GEMMs, while the BLAS's threads wait.
+// transforms run between the GEMMs, while the BLAS's threads wait. A part
+// that gets no thread (none to be had) runs in this one.
 template <typename F>
 void parallel_for(int n, const F& f) {
-  const int threads = std::min(n, openblas_get_num_threads ?
+  const int parts = std::min(n, openblas_get_num_threads ?
       std::max(1, openblas_get_num_threads()) : 1);
+  std::vector<int> begin(parts + 1);
+  for (int i = 0; i <= parts; ++i) { begin[i] = int64_t(n) * i / parts; }
   std::vector<std::thread> others;
-  for (int i = 1; i < threads; ++i) {
-    others.push_back(std::thread(f, int64_t(n) * i / threads,
-        int64_t(n) * (i + 1) / threads));
+  int i = 1;
+  for (; i < parts; ++i) {
+    try {
+      others.push_back(std::thread(f, begin[i], begin[i + 1]));
+    } catch (const std::system_error&) {
+      break;
+    }
   }
-  f(0, n / threads);
-  for (int i = 0; i < others.size(); ++i) { others[i].join(); }
+  f(begin[0], begin[1]);
+  for (; i < parts; ++i) { f(begin[i], begin[i + 1]); }
+  for (int j = 0; j < others.size(); ++j) { others[j].join(); }
 }
 
 // The weights' transform runs over a block of kBlock kernels of a row at a

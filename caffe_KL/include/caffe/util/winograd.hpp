@@ -20,12 +20,13 @@ namespace caffe {
 /// 2), an image every out_stride values, overwritten. w is out x in x 3 x 3;
 /// with flip it is in x out x 3 x 3 and is used transposed and turned by 180
 /// degrees, which makes this the data gradient of the convolution by w of
-/// out channels into in, padded by 2 - pad. buffer is reshaped to hold the
-/// transformed weights and a band of transformed tiles.
+/// out channels into in, padded by 2 - pad. The transformed weights and a
+/// band of transformed tiles are kept in a buffer of the calling thread's,
+/// the same for all layers.
 template <typename Dtype>
 void winograd_conv_cpu(const Dtype* w, bool flip, const Dtype* input,
     int num, int in, int in_stride, int height, int width, int pad_h,
-    int pad_w, int out, int out_stride, Dtype* output, Blob<Dtype>* buffer);
+    int pad_w, int out, int out_stride, Dtype* output);
 
 /// The gradient of winograd_conv_cpu's weights (without flip), added to
 /// weight_diff (out x in x 3 x 3): for num images input as above and the
@@ -33,8 +34,7 @@ void winograd_conv_cpu(const Dtype* w, bool flip, const Dtype* input,
 template <typename Dtype>
 void winograd_weight_diff_cpu(const Dtype* input, const Dtype* output_diff,
     int num, int in, int in_stride, int height, int width, int pad_h,
-    int pad_w, int out, int out_stride, Dtype* weight_diff,
-    Blob<Dtype>* buffer);
+    int pad_w, int out, int out_stride, Dtype* weight_diff);
 
 }  // namespace caffe
 

@@ -263,6 +263,14 @@ void transform_weights_adjoint(const Dtype* du, int out, int in,
   }
 }
 
+// The buffer of the convolutions of this thread: one for all the layers
+// (they run one at a time), grown to the largest, rather than one each.
+template <typename Dtype>
+Blob<Dtype>* thread_buffer() {
+  static thread_local Blob<Dtype> buffer;
+  return &buffer;
+}
+
 // The sizes of a convolution's tiles and bands, and its buffer: 16 planes
 // of out x in (u or du), then a band's v, then its m (or dm).
 template <typename Dtype>
@@ -270,8 +278,9 @@ struct Plan {
   Tiling t;
   int rows, band;  // tile rows in all, and a band's
   Dtype *u, *v, *m;
-  Plan(int num, int in, int height, int width, int pad_h, int pad_w, int out,
-      Blob<Dtype>* buffer) {
+  Plan(int num, int in, int height, int width, int pad_h, int pad_w,
+      int out) {
+    Blob<Dtype>* buffer = thread_buffer<Dtype>();
     t.height = height; t.width = width; t.pad_h = pad_h; t.pad_w = pad_w;
     t.out_h = height + 2 * pad_h - 2; t.out_w = width + 2 * pad_w - 2;
     t.tiles_h = (t.out_h + 1) / 2; t.tiles_w = (t.out_w + 1) / 2;
@@ -296,8 +305,8 @@ struct Plan {
 template <typename Dtype>
 void winograd_conv_cpu(const Dtype* w, bool flip, const Dtype* input,
     int num, int in, int in_stride, int height, int width, int pad_h,
-    int pad_w, int out, int out_stride, Dtype* output, Blob<Dtype>* buffer) {
-  Plan<Dtype> p(num, in, height, width, pad_h, pad_w, out, buffer);
+    int pad_w, int out, int out_stride, Dtype* output) {
+  Plan<Dtype> p(num, in, height, width, pad_h, pad_w, out);
   const int u_stride = plane_stride(out * in);
   // u is out x in, or with flip in x out (w's shape)
   const int u_rows = flip ? in : out, u_cols = flip ? out : in;
@@ -324,9 +333,8 @@ void winograd_conv_cpu(const Dtype* w, bool flip, const Dtype* input,
 template <typename Dtype>
 void winograd_weight_diff_cpu(const Dtype* input, const Dtype* output_diff,
     int num, int in, int in_stride, int height, int width, int pad_h,
-    int pad_w, int out, int out_stride, Dtype* weight_diff,
-    Blob<Dtype>* buffer) {
-  Plan<Dtype> p(num, in, height, width, pad_h, pad_w, out, buffer);
+    int pad_w, int out, int out_stride, Dtype* weight_diff) {
+  Plan<Dtype> p(num, in, height, width, pad_h, pad_w, out);
   const int u_stride = plane_stride(out * in);
   for (int q0 = 0; q0 < p.rows; q0 += p.band) {
     const int q1 = std::min(p.rows, q0 + p.band), tiles = p.tiles(q0);
@@ -350,12 +358,12 @@ void winograd_weight_diff_cpu(const Dtype* input, const Dtype* output_diff,
 }
 
 template void winograd_conv_cpu<float>(const float*, bool, const float*,
-    int, int, int, int, int, int, int, int, int, float*, Blob<float>*);
+    int, int, int, int, int, int, int, int, int, float*);
 template void winograd_conv_cpu<double>(const double*, bool, const double*,
-    int, int, int, int, int, int, int, int, int, double*, Blob<double>*);
+    int, int, int, int, int, int, int, int, int, double*);
 template void winograd_weight_diff_cpu<float>(const float*, const float*,
-    int, int, int, int, int, int, int, int, int, float*, Blob<float>*);
+    int, int, int, int, int, int, int, int, int, float*);
 template void winograd_weight_diff_cpu<double>(const double*, const double*,
-    int, int, int, int, int, int, int, int, int, double*, Blob<double>*);
+    int, int, int, int, int, int, int, int, int, double*);
 
 }  // namespace caffe

@@ -28,7 +28,7 @@ turns one iteration at a time (who goes first alternating, PAUSE apart), so
 load from other users of the machine hits both sides alike; the ratios are
 taken within those runs and the load average is recorded around each.
 Then, where the time goes: Caffe's by layer type (``caffe time``), and
-VGG-16 inference at batch 8 layer by layer on both sides (each layer's best
+VGG-16 inference at batch 1 (LAYERS_BATCH) layer by layer on both sides (each layer's best
 of a few passes, the sides' workers in turn). Writes results.json and
 results.md.
 """
@@ -212,7 +212,7 @@ def torch_worker(case):
 
 # --- per layer: where the two sides differ --------------------------------
 
-LAYERS_BATCH = 8   # VGG-16 inference, the case furthest from the goal
+LAYERS_BATCH = 1   # VGG-16 inference, the case furthest from the goal
 LAYERS_PASSES = 5  # passes per worker; each layer's best is kept
 LAYERS_RUNS = 2    # workers per side, the sides in turn
 

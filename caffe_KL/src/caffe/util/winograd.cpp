@@ -25,7 +25,7 @@ namespace {
 // The planes of u, v and m (16 each) lie this far apart: their size and 16
 // values more, so that the same element of the 16 is never at addresses
 // 4 KiB apart (with sizes of 2^n values, it was, and the transforms' 16
-// loads or stores in a row contended for the same cache set: 4x slower).
+// loads or stores in a row contended for the same cache set: 2-3x slower).
 int plane_stride(int size) { return size + 16; }
 
 // f(begin, end) over [0, n) in as many parts as the BLAS has threads: the
@@ -33,8 +33,9 @@ int plane_stride(int size) { return size + 16; }
 // that gets no thread (none to be had) runs in this one.
 template <typename F>
 void parallel_for(int n, const F& f) {
-  const int parts = std::min(n, openblas_get_num_threads ?
-      std::max(1, openblas_get_num_threads()) : 1);
+  const int threads = openblas_get_num_threads ?
+      openblas_get_num_threads() : 1;
+  const int parts = std::max(1, std::min(n, threads));
   std::vector<int> begin(parts + 1);
   for (int i = 0; i <= parts; ++i) { begin[i] = int64_t(n) * i / parts; }
   std::vector<std::thread> others;

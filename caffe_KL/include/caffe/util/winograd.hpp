@@ -1,8 +1,6 @@
 #ifndef CAFFE_UTIL_WINOGRAD_HPP_
 #define CAFFE_UTIL_WINOGRAD_HPP_
 
-#include "caffe/blob.hpp"
-
 // 3x3 convolution of stride 1 on the CPU by Winograd's minimal filtering,
 // F(2x2, 3x3) (Lavin and Gray, "Fast Algorithms for Convolutional Neural
 // Networks", 2016): each 2x2 block of outputs takes 16 products per input
@@ -16,13 +14,13 @@ namespace caffe {
 
 /// The convolution of num images of in channels (height x width each, an
 /// image every in_stride values) with weights w, padded by pad_h and pad_w
-/// (at most 2): out channels of (height + 2 pad_h - 2) x (width + 2 pad_w -
-/// 2), an image every out_stride values, overwritten. w is out x in x 3 x 3;
-/// with flip it is in x out x 3 x 3 and is used transposed and turned by 180
-/// degrees, which makes this the data gradient of the convolution by w of
-/// out channels into in, padded by 2 - pad. The transformed weights and a
-/// band of transformed tiles are kept in a buffer of the calling thread's,
-/// the same for all layers.
+/// (at least 0): out channels of (height + 2 pad_h - 2) x (width + 2 pad_w
+/// - 2), an image every out_stride values, overwritten. w is out x in x 3 x
+/// 3; with flip it is in x out x 3 x 3 and is used transposed and turned by
+/// 180 degrees, which makes this the data gradient of the convolution by w
+/// of out channels into in, padded by 2 - pad (so a layer takes this path
+/// up to pad 2). The transformed weights and a band of transformed tiles
+/// are kept in a buffer of the calling thread's, the same for all layers.
 template <typename Dtype>
 void winograd_conv_cpu(const Dtype* w, bool flip, const Dtype* input,
     int num, int in, int in_stride, int height, int width, int pad_h,
@@ -35,6 +33,11 @@ template <typename Dtype>
 void winograd_weight_diff_cpu(const Dtype* input, const Dtype* output_diff,
     int num, int in, int in_stride, int height, int width, int pad_h,
     int pad_w, int out, int out_stride, Dtype* weight_diff);
+
+/// Whether winograd_conv_cpu's buffer for these sizes (as above) has under
+/// 2^31 values, as Caffe's blobs must: a very wide input may not.
+bool winograd_fits_cpu(int num, int in, int height, int width, int pad_h,
+    int pad_w, int out);
 
 }  // namespace caffe
 

@@ -9,6 +9,7 @@
 #include "caffe/common.hpp"
 #include "caffe/filler.hpp"
 #include "caffe/layers/conv_layer.hpp"
+#include "caffe/layers/deconv_layer.hpp"
 
 #include "caffe/test/test_caffe_main.hpp"
 #include "caffe/test/test_gradient_check_util.hpp"
@@ -56,6 +57,7 @@ TYPED_TEST_CASE(WinogradConvolutionTest, TestDtypesAndDevices);
 TYPED_TEST(WinogradConvolutionTest, TestForwardMatchesDirectSums) {
   typedef typename TypeParam::Dtype Dtype;
   const int pads[3][2] = {{1, 1}, {0, 2}, {2, 0}};
+  const double tolerance = sizeof(Dtype) == 8 ? 1e-10 : 1e-4;
   for (int p = 0; p < 3; ++p) {
     const int ph = pads[p][0], pw = pads[p][1];
     ConvolutionLayer<Dtype> layer(this->param(18, ph, pw));
@@ -85,7 +87,7 @@ TYPED_TEST(WinogradConvolutionTest, TestForwardMatchesDirectSums) {
                 }
               }
             }
-            EXPECT_NEAR(sum, this->top_.data_at(n, o, y, z), 1e-4)
+            EXPECT_NEAR(sum, this->top_.data_at(n, o, y, z), tolerance)
                 << "pad " << ph << "," << pw << " at " << n << "," << o
                 << "," << y << "," << z;
           }
@@ -93,6 +95,60 @@ TYPED_TEST(WinogradConvolutionTest, TestForwardMatchesDirectSums) {
       }
     }
   }
+}
+
+// A layer that says whether it takes the path: the tests above pass on the
+// other paths too, so this is what shows that they test this one.
+template <typename Layer>
+class Probe : public Layer {
+ public:
+  explicit Probe(const LayerParameter& param) : Layer(param) {}
+  bool winograd() { return this->use_cpu_winograd(); }
+};
+
+TYPED_TEST(WinogradConvolutionTest, TestWhichConvolutionsTakeThePath) {
+  typedef typename TypeParam::Dtype Dtype;
+  struct Case {
+    int num, channels, height, width, outputs, kernel, pad, stride, dilation,
+        group;
+    bool nd, winograd;
+  };
+  const Case cases[] = {
+    {3, 16, 11, 13, 16, 3, 1, 1, 1, 1, false, true},   // 126 tiles
+    {2, 16, 11, 13, 16, 3, 1, 1, 1, 1, false, false},  // 84 tiles
+    {3, 15, 11, 13, 16, 3, 1, 1, 1, 1, false, false},  // 15 inputs
+    {3, 16, 11, 13, 15, 3, 1, 1, 1, 1, false, false},  // 15 outputs
+    {3, 16, 11, 13, 16, 3, 2, 1, 1, 1, false, true},   // pad 2
+    {3, 16, 11, 13, 16, 3, 3, 1, 1, 1, false, false},  // pad 3
+    {3, 16, 21, 23, 16, 3, 1, 2, 1, 1, false, false},  // stride 2
+    {3, 16, 21, 23, 16, 3, 2, 1, 2, 1, false, false},  // dilation 2
+    {3, 16, 11, 13, 16, 5, 2, 1, 1, 1, false, false},  // 5 x 5
+    {3, 32, 11, 13, 32, 3, 1, 1, 1, 2, false, true},   // 16 a group
+    {3, 32, 11, 13, 16, 3, 1, 1, 1, 2, false, false},  // 8 outputs a group
+    {3, 16, 11, 13, 16, 3, 1, 1, 1, 1, true, false},   // force_nd_im2col
+    // a buffer of 2^31 values or more (a band of one row of 4 M tiles)
+    {1, 16, 1, 8388608, 16, 3, 1, 1, 1, 1, false, false},
+    {1, 16, 1, 4194304, 16, 3, 1, 1, 1, 1, false, true},
+  };
+  for (int i = 0; i < sizeof(cases) / sizeof(cases[0]); ++i) {
+    const Case& c = cases[i];
+    Blob<Dtype> bottom(c.num, c.channels, c.height, c.width), top;
+    vector<Blob<Dtype>*> bottom_vec(1, &bottom), top_vec(1, &top);
+    LayerParameter param = this->param(c.outputs, c.pad, c.pad);
+    ConvolutionParameter* conv = param.mutable_convolution_param();
+    conv->set_kernel_size(0, c.kernel);
+    conv->add_stride(c.stride);
+    conv->add_dilation(c.dilation);
+    conv->set_group(c.group);
+    conv->set_force_nd_im2col(c.nd);
+    Probe<ConvolutionLayer<Dtype> > layer(param);
+    layer.SetUp(bottom_vec, top_vec);
+    EXPECT_EQ(c.winograd, layer.winograd()) << "case " << i;
+  }
+  // a deconvolution never: its forward is a convolution's data gradient
+  Probe<DeconvolutionLayer<Dtype> > deconv(this->param(16, 1, 1));
+  deconv.SetUp(this->bottom_vec_, this->top_vec_);
+  EXPECT_FALSE(deconv.winograd());
 }
 
 // The gradient check's objective is half the sum of the squares of all the

@@ -1,8 +1,10 @@
 #include <algorithm>
+#include <climits>
 #include <system_error>
 #include <thread>
 #include <vector>
 
+#include "caffe/blob.hpp"
 #include "caffe/util/math_functions.hpp"
 #include "caffe/util/winograd.hpp"
 
@@ -23,22 +25,32 @@ namespace caffe {
 namespace {
 
 // The planes of u, v and m (16 each) lie this far apart: their size and 16
-// values more, so that the same element of the 16 is never at addresses
-// 4 KiB apart (with sizes of 2^n values, it was, and the transforms' 16
-// loads or stores in a row contended for the same cache set: 2-3x slower).
-int plane_stride(int size) { return size + 16; }
+// values more, and 16 more again where that is a multiple of 512 values, so
+// that they are never a multiple of 4 KiB apart (with sizes of 2^n values
+// they were, and the transforms' 16 loads or stores in a row contended for
+// the same cache set: 2-3x slower).
+int plane_stride(int size) {
+  const int stride = size + 16;
+  return stride % 512 ? stride : stride + 16;
+}
 
-// f(begin, end) over [0, n) in as many parts as the BLAS has threads: the
-// transforms run between the GEMMs, while the BLAS's threads wait. A part
-// that gets no thread (none to be had) runs in this one.
+// f(begin, end) over [0, n) in as many parts as the BLAS has threads, each
+// of at least kPartValues values written (values in all): the transforms
+// run between the GEMMs, while the BLAS's threads wait, and a thread costs
+// tens of microseconds to start. A part that gets no thread (none to be
+// had) runs in this one.
+const int64_t kPartValues = 1 << 18;
+
 template <typename F>
-void parallel_for(int n, const F& f) {
-  const int threads = openblas_get_num_threads ?
+void parallel_for(int n, int64_t values, const F& f) {
+  const int64_t threads = openblas_get_num_threads ?
       openblas_get_num_threads() : 1;
-  const int parts = std::max(1, std::min(n, threads));
+  const int parts = std::max<int64_t>(1, std::min<int64_t>(std::min<int64_t>(
+      n, threads), values / kPartValues));
   std::vector<int> begin(parts + 1);
   for (int i = 0; i <= parts; ++i) { begin[i] = int64_t(n) * i / parts; }
   std::vector<std::thread> others;
+  others.reserve(parts);
   int i = 1;
   for (; i < parts; ++i) {
     try {
@@ -272,32 +284,45 @@ Blob<Dtype>* thread_buffer() {
   return &buffer;
 }
 
-// The sizes of a convolution's tiles and bands, and its buffer: 16 planes
-// of out x in (u or du), then a band's v, then its m (or dm).
+Tiling tiling(int height, int width, int pad_h, int pad_w) {
+  CHECK(pad_h >= 0 && pad_w >= 0) << "Winograd: negative padding";
+  Tiling t;
+  t.height = height; t.width = width; t.pad_h = pad_h; t.pad_w = pad_w;
+  t.out_h = height + 2 * pad_h - 2; t.out_w = width + 2 * pad_w - 2;
+  t.tiles_h = (t.out_h + 1) / 2; t.tiles_w = (t.out_w + 1) / 2;
+  return t;
+}
+
+// tile rows a band
+int band_rows(const Tiling& t) { return std::max(1, kBandTiles / t.tiles_w); }
+
+// The values of a convolution's buffer: 16 planes of out x in (u or du),
+// then a band's v (16 x in x tiles), then its m (or dm), each plane with
+// the most plane_stride adds
+int64_t buffer_values(const Tiling& t, int num, int in, int out) {
+  const int64_t most = int64_t(std::min<int64_t>(band_rows(t),
+      int64_t(num) * t.tiles_h)) * t.tiles_w;
+  return 16 * (int64_t(out) * in + (in + out) * most + 3 * 32);
+}
+
+// A convolution's tiling and its buffer, the thread's
 template <typename Dtype>
 struct Plan {
   Tiling t;
   int rows, band;  // tile rows in all, and a band's
   Dtype *u, *v, *m;
   Plan(int num, int in, int height, int width, int pad_h, int pad_w,
-      int out) {
-    Blob<Dtype>* buffer = thread_buffer<Dtype>();
-    t.height = height; t.width = width; t.pad_h = pad_h; t.pad_w = pad_w;
-    t.out_h = height + 2 * pad_h - 2; t.out_w = width + 2 * pad_w - 2;
-    t.tiles_h = (t.out_h + 1) / 2; t.tiles_w = (t.out_w + 1) / 2;
-    band = std::max(1, kBandTiles / t.tiles_w);
+      int out) : t(tiling(height, width, pad_h, pad_w)) {
+    band = band_rows(t);
     rows = num * t.tiles_h;
+    const int64_t values = buffer_values(t, num, in, out);
+    CHECK_LE(values, INT_MAX) << "Winograd: buffer too large";
+    Blob<Dtype>* buffer = thread_buffer<Dtype>();
+    buffer->Reshape(1, 1, 1, values);
     const int most = std::min(band, rows) * t.tiles_w;
-    const int64_t u_size = 16 * int64_t(plane_stride(out * in));
-    const int64_t v_size = 16 * int64_t(plane_stride(in * most));
-    buffer->Reshape(1, 1, 1, u_size + v_size +
-        16 * int64_t(plane_stride(out * most)));
     u = buffer->mutable_cpu_data();
-    v = u + u_size;
-    m = v + v_size;
-  }
-  int tiles(int q0) const {
-    return (std::min(rows, q0 + band) - q0) * t.tiles_w;
+    v = u + 16 * plane_stride(out * in);
+    m = v + 16 * plane_stride(in * most);
   }
 };
 
@@ -311,12 +336,12 @@ void winograd_conv_cpu(const Dtype* w, bool flip, const Dtype* input,
   const int u_stride = plane_stride(out * in);
   // u is out x in, or with flip in x out (w's shape)
   const int u_rows = flip ? in : out, u_cols = flip ? out : in;
-  parallel_for(u_rows, [&](int r0, int r1) {
+  parallel_for(u_rows, 16 * int64_t(in) * out, [&](int r0, int r1) {
     transform_weights(w, u_rows, u_cols, p.u, r0, r1);
   });
   for (int q0 = 0; q0 < p.rows; q0 += p.band) {
-    const int q1 = std::min(p.rows, q0 + p.band), tiles = p.tiles(q0);
-    parallel_for(in, [&](int c0, int c1) {
+    const int q1 = std::min(p.rows, q0 + p.band), tiles = (q1 - q0) * p.t.tiles_w;
+    parallel_for(in, 16 * int64_t(in) * tiles, [&](int c0, int c1) {
       transform_input(p.t, input, in, in_stride, q0, q1, p.v, c0, c1);
     });
     for (int xi = 0; xi < 16; ++xi) {
@@ -325,7 +350,7 @@ void winograd_conv_cpu(const Dtype* w, bool flip, const Dtype* input,
           p.v + xi * plane_stride(in * tiles), Dtype(0),
           p.m + xi * plane_stride(out * tiles));
     }
-    parallel_for(out, [&](int o0, int o1) {
+    parallel_for(out, 16 * int64_t(out) * tiles, [&](int o0, int o1) {
       transform_output(p.t, p.m, out, out_stride, q0, q1, output, o0, o1);
     });
   }
@@ -338,11 +363,11 @@ void winograd_weight_diff_cpu(const Dtype* input, const Dtype* output_diff,
   Plan<Dtype> p(num, in, height, width, pad_h, pad_w, out);
   const int u_stride = plane_stride(out * in);
   for (int q0 = 0; q0 < p.rows; q0 += p.band) {
-    const int q1 = std::min(p.rows, q0 + p.band), tiles = p.tiles(q0);
-    parallel_for(in, [&](int c0, int c1) {
+    const int q1 = std::min(p.rows, q0 + p.band), tiles = (q1 - q0) * p.t.tiles_w;
+    parallel_for(in, 16 * int64_t(in) * tiles, [&](int c0, int c1) {
       transform_input(p.t, input, in, in_stride, q0, q1, p.v, c0, c1);
     });
-    parallel_for(out, [&](int o0, int o1) {
+    parallel_for(out, 16 * int64_t(out) * tiles, [&](int o0, int o1) {
       transform_output_adjoint(p.t, output_diff, out, out_stride, q0, q1,
           p.m, o0, o1);
     });
@@ -353,9 +378,15 @@ void winograd_weight_diff_cpu(const Dtype* input, const Dtype* output_diff,
           p.u + xi * u_stride);
     }
   }
-  parallel_for(out, [&](int o0, int o1) {
+  parallel_for(out, 9 * int64_t(out) * in, [&](int o0, int o1) {
     transform_weights_adjoint(p.u, out, in, weight_diff, o0, o1);
   });
+}
+
+bool winograd_fits_cpu(int num, int in, int height, int width, int pad_h,
+    int pad_w, int out) {
+  return buffer_values(tiling(height, width, pad_h, pad_w), num, in, out) <=
+      INT_MAX;
 }
 
 template void winograd_conv_cpu<float>(const float*, bool, const float*,

@@ -340,7 +340,8 @@ void winograd_conv_cpu(const Dtype* w, bool flip, const Dtype* input,
     transform_weights(w, u_rows, u_cols, p.u, r0, r1);
   });
   for (int q0 = 0; q0 < p.rows; q0 += p.band) {
-    const int q1 = std::min(p.rows, q0 + p.band), tiles = (q1 - q0) * p.t.tiles_w;
+    const int q1 = std::min(p.rows, q0 + p.band);
+    const int tiles = (q1 - q0) * p.t.tiles_w;
     parallel_for(in, 16 * int64_t(in) * tiles, [&](int c0, int c1) {
       transform_input(p.t, input, in, in_stride, q0, q1, p.v, c0, c1);
     });
@@ -363,7 +364,8 @@ void winograd_weight_diff_cpu(const Dtype* input, const Dtype* output_diff,
   Plan<Dtype> p(num, in, height, width, pad_h, pad_w, out);
   const int u_stride = plane_stride(out * in);
   for (int q0 = 0; q0 < p.rows; q0 += p.band) {
-    const int q1 = std::min(p.rows, q0 + p.band), tiles = (q1 - q0) * p.t.tiles_w;
+    const int q1 = std::min(p.rows, q0 + p.band);
+    const int tiles = (q1 - q0) * p.t.tiles_w;
     parallel_for(in, 16 * int64_t(in) * tiles, [&](int c0, int c1) {
       transform_input(p.t, input, in, in_stride, q0, q1, p.v, c0, c1);
     });

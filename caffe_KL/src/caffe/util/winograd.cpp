@@ -125,6 +125,15 @@ struct Tiling {
   int padded_w() const { return 2 * tiles_w + 2; }
 };
 
+Tiling tiling(int height, int width, int pad_h, int pad_w) {
+  CHECK(pad_h >= 0 && pad_w >= 0) << "Winograd: negative padding";
+  Tiling t;
+  t.height = height; t.width = width; t.pad_h = pad_h; t.pad_w = pad_w;
+  t.out_h = height + 2 * pad_h - 2; t.out_w = width + 2 * pad_w - 2;
+  t.tiles_h = (t.out_h + 1) / 2; t.tiles_w = (t.out_w + 1) / 2;
+  return t;
+}
+
 // v (16 x in x tiles) for the tile rows [q0, q1), channels [c0, c1): each
 // tile row's 4 input rows, padded with zeros, then B' d B, whose left
 // product is the same for the whole row of tiles.
@@ -282,15 +291,6 @@ template <typename Dtype>
 Blob<Dtype>* thread_buffer() {
   static thread_local Blob<Dtype> buffer;
   return &buffer;
-}
-
-Tiling tiling(int height, int width, int pad_h, int pad_w) {
-  CHECK(pad_h >= 0 && pad_w >= 0) << "Winograd: negative padding";
-  Tiling t;
-  t.height = height; t.width = width; t.pad_h = pad_h; t.pad_w = pad_w;
-  t.out_h = height + 2 * pad_h - 2; t.out_w = width + 2 * pad_w - 2;
-  t.tiles_h = (t.out_h + 1) / 2; t.tiles_w = (t.out_w + 1) / 2;
-  return t;
 }
 
 // tile rows a band

@@ -167,12 +167,13 @@ TAP_CASES = [
 ]
 
 
-def check_forward_and_backward(tmp_path, case, uses_path):
+def check_forward_and_backward(tmp_path, case, uses_path, rounding=1):
     """A stride-1 convolution (input shape, outputs, kernel, pad, dilation,
     group, bottoms) against float64 NumPy: outputs, data and weight
     gradients, and the weight gradient accumulated over two passes.
     uses_path(output height, output width) asserts that the case reaches
-    the path under test."""
+    the path under test; rounding scales the tolerances, for a path that
+    rounds more than the direct sums."""
     shape, num, kernel, pad, dilation, group, bottoms = case
     caffe.set_mode_cpu()
     net = conv_net(tmp_path, shape, num, kernel, 1, pad, dilation, group,
@@ -197,7 +198,7 @@ def check_forward_and_backward(tmp_path, case, uses_path):
         want = reference(x, w, b, 1, pad, dilation, group)
         got = net.blobs[top_name].data
         assert got.shape == want.shape
-        assert np.abs(got - want).max() < 1e-6 * k * 10
+        assert np.abs(got - want).max() < 1e-6 * k * 10 * rounding
         top = rng.standard_normal(got.shape).astype(np.float32)
         net.blobs[top_name].diff[...] = top
         gx, gw = reference_backward(x, w, top, 1, pad, dilation, group)
@@ -207,9 +208,9 @@ def check_forward_and_backward(tmp_path, case, uses_path):
         p.diff[...] = 0
     net.backward()
     for name, gx in zip(inputs, grads):
-        assert np.abs(net.blobs[name].diff - gx).max() < 1e-4
+        assert np.abs(net.blobs[name].diff - gx).max() < 1e-4 * rounding
     sums = shape[0] * oh * ow * bottoms  # products summed per weight
-    tol = 1e-6 * sums * 10
+    tol = 1e-6 * sums * 10 * rounding
     assert np.abs(net.params["conv"][0].diff - gw_want).max() < tol
     # Caffe accumulates the weight gradient: a second pass adds as much
     net.backward()
@@ -229,8 +230,9 @@ def test_per_tap_path_matches_numpy_forward_and_backward(tmp_path, case):
 
 
 # 3 x 3, stride 1, at least 16 input and output channels a group and 100
-# tiles (2 x 2 outputs) a batch: Winograd's F(2x2, 3x3) (patch 0019).
-# (input shape, outputs, kernel, pad, dilation, group, bottoms)
+# tiles of 2 x 2 outputs a batch: Winograd (patch 0019), F(4x4, 3x3) from
+# 160 tiles of 4 x 4 a batch, F(2x2, 3x3) below. (input shape, outputs,
+# kernel, pad, dilation, group, bottoms)
 WINOGRAD_CASES = [
     ((2, 16, 20, 22), 16, 3, 1, 1, 1, 1),          # VGG-like
     ((1, 32, 21, 23), 24, 3, 1, 1, 1, 1),          # odd sizes: cut tiles
@@ -239,23 +241,57 @@ WINOGRAD_CASES = [
     ((2, 24, 14, 18), 16, 3, (0, 2), 1, 1, 1),     # pads differ
     ((2, 64, 16, 16), 32, 3, 1, 1, 2, 1),          # two groups
     ((2, 16, 16, 16), 16, 3, 1, 1, 1, 2),          # two bottoms, one weight
+    ((3, 512, 14, 14), 512, 3, 1, 1, 1, 1),        # VGG-16's conv5 (b3)
+]
+WINOGRAD4_CASES = [
+    ((2, 16, 44, 46), 16, 3, 1, 1, 1, 1),          # VGG-like
+    ((1, 32, 49, 51), 24, 3, 1, 1, 1, 1),          # odd sizes: cut 1 and 3
+    ((2, 16, 42, 42), 16, 3, 1, 1, 1, 1),          # cut 2
+    ((3, 16, 30, 34), 16, 3, 0, 1, 1, 1),          # no pad
+    ((2, 16, 42, 38), 20, 3, 2, 1, 1, 1),          # pad 2 (gradient pad 0)
+    ((2, 24, 42, 46), 16, 3, (0, 2), 1, 1, 1),     # pads differ
+    ((2, 64, 38, 38), 32, 3, 1, 1, 2, 1),          # two groups
+    ((2, 16, 38, 38), 16, 3, 1, 1, 1, 2),          # two bottoms, one weight
     ((3, 16, 70, 70), 16, 3, 1, 1, 1, 1),          # bands across images
     ((1, 16, 3, 4200), 16, 3, 1, 1, 1, 1),         # a band of one tile row
-    ((3, 512, 14, 14), 512, 3, 1, 1, 1, 1),        # VGG-16's conv5 (b3)
+    ((4, 256, 28, 28), 256, 3, 1, 1, 1, 1),        # VGG-16's conv4 (b4)
 ]
 
 
-def winograd_tiles(shape, oh, ow):
-    return shape[0] * ((oh + 1) // 2) * ((ow + 1) // 2)
+def winograd_tiles(shape, oh, ow, m):
+    """Tiles of m x m outputs a batch."""
+    return shape[0] * -(-oh // m) * -(-ow // m)
+
+
+def winograd_path(case, m):
+    """uses_path for check_forward_and_backward: Winograd of m x m output
+    blocks, forward and for the data gradient (whose outputs are the
+    input's size)."""
+    shape, num, kernel, pad, dilation, group, bottoms = case
+
+    def uses(oh, ow):
+        if not (winograd_tiles(shape, oh, ow, 2) >= 100 and
+                shape[1] // group >= 16 and num // group >= 16):
+            return False
+        tiles = (winograd_tiles(shape, oh, ow, 4),
+                 winograd_tiles(shape, *shape[2:], 4))
+        return all((t >= 160) == (m == 4) for t in tiles)
+    return uses
 
 
 @pytest.mark.parametrize("case", WINOGRAD_CASES,
                          ids=lambda c: "x".join(map(str, c[0])))
 def test_winograd_matches_numpy_forward_and_backward(tmp_path, case):
-    shape, num, kernel, pad, dilation, group, bottoms = case
-    check_forward_and_backward(
-        tmp_path, case, lambda oh, ow: winograd_tiles(shape, oh, ow) >= 100
-        and shape[1] // group >= 16 and num // group >= 16)
+    check_forward_and_backward(tmp_path, case, winograd_path(case, 2))
+
+
+@pytest.mark.parametrize("case", WINOGRAD4_CASES,
+                         ids=lambda c: "x".join(map(str, c[0])))
+def test_winograd_4x4_matches_numpy_forward_and_backward(tmp_path, case):
+    # F(4x4, 3x3)'s transforms hold 1/6, 1/24, 4, 5 and 8, and it rounds
+    # about ten times more than the direct sums (F(2x2, 3x3) twice)
+    check_forward_and_backward(tmp_path, case, winograd_path(case, 4),
+                               rounding=10)
 
 
 def test_per_tap_and_im2col_paths_agree_across_the_threshold(tmp_path):

@@ -1,14 +1,18 @@
 #ifndef CAFFE_UTIL_WINOGRAD_HPP_
 #define CAFFE_UTIL_WINOGRAD_HPP_
 
-// 3x3 convolution of stride 1 on the CPU by Winograd's minimal filtering,
-// F(2x2, 3x3) (Lavin and Gray, "Fast Algorithms for Convolutional Neural
-// Networks", 2016): each 2x2 block of outputs takes 16 products per input
-// channel instead of 36. The input is cut into 4x4 tiles overlapping by 2,
-// each transformed to V = B' d B; the weights to U = G g G'; then for each
-// of the 16 positions of a tile one GEMM, M = U V over the channels; and
-// each output block is A' M A. B, G and A hold only 0, +-1 and 1/2, so the
-// result differs from the direct sums by rounding only.
+// 3x3 convolution of stride 1 on the CPU by Winograd's minimal filtering
+// (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks",
+// 2016), F(4x4, 3x3) or F(2x2, 3x3) (winograd_tile_cpu): each 4x4 block of
+// outputs takes 36 products per input channel instead of 144, each 2x2
+// block 16 instead of 36. The input is cut into tiles of 6x6 (or 4x4)
+// overlapping by 2, each transformed to V = B' d B; the weights to
+// U = G g G'; then for each of the 36 (or 16) positions of a tile one GEMM,
+// M = U V over the channels; and each output block is A' M A. F(2x2, 3x3)'s
+// B, G and A hold only 0, +-1 and 1/2; F(4x4, 3x3)'s also 2, 4, 5, 8 and
+// 1/4, 1/6, 1/12, 1/24, so its results differ from the direct sums by
+// several times their rounding (about 1e-5 relative in float, against
+// 1e-6).
 
 namespace caffe {
 
@@ -33,6 +37,10 @@ template <typename Dtype>
 void winograd_weight_diff_cpu(const Dtype* input, const Dtype* output_diff,
     int num, int in, int in_stride, int height, int width, int pad_h,
     int pad_w, int out, int out_stride, Dtype* weight_diff);
+
+/// The size of the output blocks (4 or 2) that these two functions take
+/// for num images of height x width padded by pad_h and pad_w.
+int winograd_tile_cpu(int num, int height, int width, int pad_h, int pad_w);
 
 /// Whether winograd_conv_cpu's buffer for these sizes (as above) has under
 /// 2^31 values, as Caffe's blobs must: a very wide input may not.

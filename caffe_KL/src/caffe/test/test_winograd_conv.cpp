@@ -1,6 +1,9 @@
-// Convolution 3x3 of stride 1 on the CPU by Winograd's F(2x2, 3x3) (patch
-// 0019): against a direct convolution in float and double, and
-// gradient-checked. The shapes reach it: 16 channels, over 100 tiles a batch.
+// Convolution 3x3 of stride 1 on the CPU by Winograd's F(2x2, 3x3) and
+// F(4x4, 3x3) (patch 0019): against a direct convolution in float and
+// double, and gradient-checked (F(2x2, 3x3); F(4x4, 3x3) needs inputs too
+// large for the checker, and its gradients are compared with float64 NumPy
+// in tests/test_conv_cpu.py). The shapes reach it: 16 channels, over 100
+// tiles of 2x2 a batch, and for F(4x4, 3x3) over 128 of 4x4.
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -10,6 +13,7 @@
 #include "caffe/filler.hpp"
 #include "caffe/layers/conv_layer.hpp"
 #include "caffe/layers/deconv_layer.hpp"
+#include "caffe/util/winograd.hpp"
 
 #include "caffe/test/test_caffe_main.hpp"
 #include "caffe/test/test_gradient_check_util.hpp"
@@ -48,6 +52,54 @@ class WinogradConvolutionTest : public MultiDeviceTest<TypeParam> {
     return layer_param;
   }
 
+  // The layer's outputs for bottom with pads (1, 1), (0, 2) and (2, 0), each
+  // by tile size, against direct sums in double
+  void ExpectDirectSums(Blob<Dtype>* bottom, int tile) {
+    const int pads[3][2] = {{1, 1}, {0, 2}, {2, 0}};
+    const double tolerance = sizeof(Dtype) == 8 ? 1e-10 : 1e-4;
+    Blob<Dtype> top;
+    vector<Blob<Dtype>*> bottom_vec(1, bottom), top_vec(1, &top);
+    const Blob<Dtype>& x = *bottom;
+    for (int p = 0; p < 3; ++p) {
+      const int ph = pads[p][0], pw = pads[p][1];
+      EXPECT_EQ(tile, winograd_tile_cpu(x.num(), x.height(), x.width(), ph,
+          pw)) << "pad " << ph << "," << pw;
+      ConvolutionLayer<Dtype> layer(param(18, ph, pw));
+      layer.SetUp(bottom_vec, top_vec);
+      layer.Forward(bottom_vec, top_vec);
+      const Blob<Dtype>& w = *layer.blobs()[0];
+      const Blob<Dtype>& b = *layer.blobs()[1];
+      const int oh = x.height() + 2 * ph - 2, ow = x.width() + 2 * pw - 2;
+      ASSERT_EQ(oh, top.height());
+      ASSERT_EQ(ow, top.width());
+      for (int n = 0; n < x.num(); ++n) {
+        for (int o = 0; o < 18; ++o) {
+          for (int y = 0; y < oh; ++y) {
+            for (int z = 0; z < ow; ++z) {
+              double sum = b.cpu_data()[o];
+              for (int c = 0; c < x.channels(); ++c) {
+                for (int i = 0; i < 3; ++i) {
+                  for (int j = 0; j < 3; ++j) {
+                    const int yy = y + i - ph, zz = z + j - pw;
+                    if (yy < 0 || yy >= x.height() || zz < 0 ||
+                        zz >= x.width()) {
+                      continue;
+                    }
+                    sum += double(w.data_at(o, c, i, j)) *
+                        x.data_at(n, c, yy, zz);
+                  }
+                }
+              }
+              EXPECT_NEAR(sum, top.data_at(n, o, y, z), tolerance)
+                  << "pad " << ph << "," << pw << " at " << n << "," << o
+                  << "," << y << "," << z;
+            }
+          }
+        }
+      }
+    }
+  }
+
   Blob<Dtype> bottom_, top_;
   vector<Blob<Dtype>*> bottom_vec_, top_vec_;
 };
@@ -55,46 +107,35 @@ class WinogradConvolutionTest : public MultiDeviceTest<TypeParam> {
 TYPED_TEST_CASE(WinogradConvolutionTest, TestDtypesAndDevices);
 
 TYPED_TEST(WinogradConvolutionTest, TestForwardMatchesDirectSums) {
+  // 6 x 7 tiles of 2x2 an image with pad 1, 36 of 4x4 in all: F(2x2, 3x3)
+  this->ExpectDirectSums(&this->bottom_, 2);
+}
+
+TYPED_TEST(WinogradConvolutionTest, TestForwardMatchesDirectSums4x4) {
   typedef typename TypeParam::Dtype Dtype;
-  const int pads[3][2] = {{1, 1}, {0, 2}, {2, 0}};
-  const double tolerance = sizeof(Dtype) == 8 ? 1e-10 : 1e-4;
-  for (int p = 0; p < 3; ++p) {
-    const int ph = pads[p][0], pw = pads[p][1];
-    ConvolutionLayer<Dtype> layer(this->param(18, ph, pw));
-    layer.SetUp(this->bottom_vec_, this->top_vec_);
-    layer.Forward(this->bottom_vec_, this->top_vec_);
-    const Blob<Dtype>& w = *layer.blobs()[0];
-    const Blob<Dtype>& b = *layer.blobs()[1];
-    const Blob<Dtype>& x = this->bottom_;
-    const int oh = x.height() + 2 * ph - 2, ow = x.width() + 2 * pw - 2;
-    ASSERT_EQ(oh, this->top_.height());
-    ASSERT_EQ(ow, this->top_.width());
-    for (int n = 0; n < x.num(); ++n) {
-      for (int o = 0; o < 18; ++o) {
-        for (int y = 0; y < oh; ++y) {
-          for (int z = 0; z < ow; ++z) {
-            double sum = b.cpu_data()[o];
-            for (int c = 0; c < x.channels(); ++c) {
-              for (int i = 0; i < 3; ++i) {
-                for (int j = 0; j < 3; ++j) {
-                  const int yy = y + i - ph, zz = z + j - pw;
-                  if (yy < 0 || yy >= x.height() || zz < 0 ||
-                      zz >= x.width()) {
-                    continue;
-                  }
-                  sum += double(w.data_at(o, c, i, j)) *
-                      x.data_at(n, c, yy, zz);
-                }
-              }
-            }
-            EXPECT_NEAR(sum, this->top_.data_at(n, o, y, z), tolerance)
-                << "pad " << ph << "," << pw << " at " << n << "," << o
-                << "," << y << "," << z;
-          }
-        }
-      }
-    }
-  }
+  // 4 images of 21 x 27 (with pad 1, 6 x 7 tiles of 4x4 an image, the last
+  // row and column of them cut to 1 and 3): F(4x4, 3x3)
+  Blob<Dtype> bottom(4, 16, 21, 27);
+  FillerParameter filler_param;
+  filler_param.set_std(0.1);
+  GaussianFiller<Dtype> filler(filler_param);
+  filler.Fill(&bottom);
+  this->ExpectDirectSums(&bottom, 4);
+}
+
+// F(4x4, 3x3) from 160 of its tiles a batch
+TYPED_TEST(WinogradConvolutionTest, TestTileSize) {
+  EXPECT_EQ(2, winograd_tile_cpu(1, 4, 636, 1, 1));  // 1 x 159 tiles
+  EXPECT_EQ(4, winograd_tile_cpu(1, 4, 640, 1, 1));  // 1 x 160
+  EXPECT_EQ(4, winograd_tile_cpu(1, 4, 637, 1, 1));  // 1 x 160, one cut
+  EXPECT_EQ(2, winograd_tile_cpu(1, 6, 638, 0, 0));  // the same, no pad
+  EXPECT_EQ(4, winograd_tile_cpu(1, 6, 639, 0, 0));
+  EXPECT_EQ(2, winograd_tile_cpu(1, 28, 28, 1, 1));  // VGG-16's conv4, 49
+  EXPECT_EQ(4, winograd_tile_cpu(1, 56, 56, 1, 1));  // conv3, 196
+  EXPECT_EQ(2, winograd_tile_cpu(3, 28, 28, 1, 1));  // conv4 at batch 3
+  EXPECT_EQ(4, winograd_tile_cpu(4, 28, 28, 1, 1));  // and at batch 4
+  EXPECT_EQ(2, winograd_tile_cpu(8, 14, 14, 1, 1));  // conv5 at batch 8
+  EXPECT_EQ(4, winograd_tile_cpu(10, 14, 14, 1, 1));  // and at batch 10
 }
 
 // A layer that says whether it takes the path: the tests above pass on the

@@ -605,7 +605,8 @@ def markdown(res, cases):
         " "
         f"({res['sgemm']['config'].split(' NO_')[0]}); jcdl_blas: OpenBLAS's "
         f"own choice `{res['blas_choice']['own_choice']}`, override "
-        f"`{res['blas_choice']['override']}`. sgemm 2048³: best of "
+        f"`{res['blas_choice']['override']}`"
+        f"{user_coretype(res['blas_choice'])}. sgemm 2048³: best of "
         f"{res['sgemm_tries']} GFLOP/s at the start (and "
         f"{res['sgemm_end']['gflops']['square_2048']} at the end), against a "
         f"measured fp32 peak of {res['peak']['gflops']} GFLOP/s "
@@ -649,6 +650,16 @@ def markdown(res, cases):
                       f"{k} {v} ({100 * prof['share'][k]:.0f} %)"
                       for k, v in list(prof["ms"].items())[:6]) + ".", ""]
     return "\n".join(lines)
+
+
+def user_coretype(choice):
+    """The sentence on an OPENBLAS_CORETYPE the run inherited: jcdl keeps
+    it, so Caffe ran on that kernel."""
+    if choice.get("user_setting") is None:
+        return " (OPENBLAS_CORETYPE was not set)"
+    return (f"; OPENBLAS_CORETYPE={choice['user_setting']} was set before "
+            "the run, and jcdl keeps a setting of the user's, so Caffe ran "
+            "on that kernel")
 
 
 def layers_markdown(lay):

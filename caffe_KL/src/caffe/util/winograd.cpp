@@ -404,6 +404,12 @@ int64_t buffer_values(const Tiling& t, int num, int in, int out) {
 // conv4 at batch 1 and 2 (49, 98) 0.9x, conv5 at batch 8 (128) 0.85x.
 const int kMinTiles4 = 160;
 
+// the tiling of the tile size winograd_tile_cpu chooses
+Tiling chosen_tiling(int num, int height, int width, int pad_h, int pad_w) {
+  return tiling(winograd_tile_cpu(num, height, width, pad_h, pad_w), height,
+      width, pad_h, pad_w);
+}
+
 // A convolution's tiling and its buffer, the thread's
 template <typename Dtype>
 struct Plan {
@@ -411,8 +417,7 @@ struct Plan {
   int rows, band;  // tile rows in all, and a band's
   Dtype *u, *v, *m;
   Plan(int num, int in, int height, int width, int pad_h, int pad_w,
-      int out) : t(tiling(winograd_tile_cpu(num, height, width, pad_h, pad_w),
-      height, width, pad_h, pad_w)) {
+      int out) : t(chosen_tiling(num, height, width, pad_h, pad_w)) {
     band = t.band_rows();
     rows = num * t.tiles_h;
     const int64_t values = buffer_values(t, num, in, out);
@@ -516,9 +521,8 @@ void winograd_weight_diff_cpu(const Dtype* input, const Dtype* output_diff,
 
 bool winograd_fits_cpu(int num, int in, int height, int width, int pad_h,
     int pad_w, int out) {
-  const int m = winograd_tile_cpu(num, height, width, pad_h, pad_w);
-  return buffer_values(tiling(m, height, width, pad_h, pad_w), num, in,
-      out) <= INT_MAX;
+  return buffer_values(chosen_tiling(num, height, width, pad_h, pad_w), num,
+      in, out) <= INT_MAX;
 }
 
 template void winograd_conv_cpu<float>(const float*, bool, const float*,

@@ -5,6 +5,7 @@ small library preloaded into it (LD_PRELOAD) calls the loaded OpenBLAS's
 openblas_get_corename() when the process exits and prints it with the
 process's executable; the Python entry point also asks through ctypes.
 """
+import json
 import os
 import shutil
 import subprocess
@@ -114,6 +115,69 @@ def test_openblas_own_choice_is_kept_when_it_is_not_the_fallback():
     for own in ("Haswell", "SkylakeX", "Zen", "Cooperlake", "SapphireRapids"):
         assert jcdl_blas.choose(own, SKX) is None
     assert jcdl_blas.choose(None, SKX) is None
+
+
+AVX2 = {"sse2", "pni", "ssse3", "sse4_1", "sse4_2", "avx", "avx2", "fma"}
+
+
+def test_a_user_kernel_the_cpu_cannot_run_is_replaced():
+    assert jcdl_blas.inherited("SkylakeX", AVX2) == (
+        "Haswell", ("avx512f", "avx512cd", "avx512bw", "avx512dq",
+                    "avx512vl"))
+    assert jcdl_blas.inherited("cooperlake", SKX) == (
+        "SkylakeX", ("avx512_bf16",))
+    assert jcdl_blas.inherited("HASWELL", {"sse2", "avx"})[0] == "Sandybridge"
+    # one it can run, one OpenBLAS may not know, an empty one: kept
+    for value in ("Haswell", "Zen", "Prescott", "SapphireRapids", "Bogus",
+                  ""):
+        assert jcdl_blas.inherited(value, AVX2) == (None, ()), value
+
+
+def fake_cpuinfo(tmp_path, flags):
+    path = tmp_path / "cpuinfo"
+    path.write_text("processor\t: 0\nvendor_id\t: Test\nflags\t\t: " +
+                    " ".join(sorted(flags)) + "\n\n")
+    return str(path)
+
+
+def test_apply_replaces_an_unrunnable_setting_and_says_so(
+        tmp_path, monkeypatch, capsys):
+    info = fake_cpuinfo(tmp_path, AVX2)
+    monkeypatch.delenv(jcdl_blas.MARK, raising=False)
+    monkeypatch.setenv(jcdl_blas.ENV, "SkylakeX")
+    jcdl_blas.apply(info)
+    assert os.environ[jcdl_blas.ENV] == os.environ[jcdl_blas.MARK] == "Haswell"
+    err = capsys.readouterr().err
+    assert err == ("jcdl: OPENBLAS_CORETYPE=SkylakeX needs avx512f, "
+                   "avx512cd, avx512bw, avx512dq, avx512vl, which this CPU "
+                   "lacks; using Haswell instead\n")
+    # a setting it can run is kept, quietly
+    monkeypatch.setenv(jcdl_blas.ENV, "Sandybridge")
+    monkeypatch.delenv(jcdl_blas.MARK)
+    jcdl_blas.apply(info)
+    assert os.environ[jcdl_blas.ENV] == "Sandybridge"
+    assert jcdl_blas.MARK not in os.environ and capsys.readouterr().err == ""
+    # nothing fits: unset, so that OpenBLAS chooses
+    monkeypatch.setenv(jcdl_blas.ENV, "Haswell")
+    jcdl_blas.apply(fake_cpuinfo(tmp_path, {"sse2"}))
+    assert jcdl_blas.ENV not in os.environ
+    assert "using OpenBLAS's own choice instead" in capsys.readouterr().err
+
+
+def test_report_tells_jcdls_setting_from_the_users():
+    def report(env):
+        env = {**{k: v for k, v in os.environ.items()
+                  if k not in (jcdl_blas.ENV, jcdl_blas.MARK)}, **env}
+        p = subprocess.run([str(BIN / "python"), "-S",
+                            str(ROOT / "tools" / "jcdl_blas.py")], env=env,
+                           capture_output=True, text=True, check=True)
+        return json.loads(p.stdout)
+    core = other_core()
+    assert report({jcdl_blas.ENV: core})["user_setting"] == core
+    mine = report({jcdl_blas.ENV: core, jcdl_blas.MARK: core})
+    assert mine["user_setting"] is None
+    assert mine["override"] == jcdl_blas.choose(mine["own_choice"],
+                                                jcdl_blas.cpu_info()[1])
 
 
 def test_the_cache_is_used_and_keyed_by_cpu_and_library(tmp_path, monkeypatch):

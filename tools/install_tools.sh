@@ -19,11 +19,9 @@ for t in "$@"; do
 #!/bin/bash
 # made by make install (tools/install_tools.sh): $bindir/$t
 # on the OpenBLAS kernel that fits this CPU (jcdl_blas.py; an
-# OPENBLAS_CORETYPE you set is kept)
-if [ -z "\${OPENBLAS_CORETYPE+set}" ]; then
-  core=\$('$venv/bin/python' -I -S '$site/jcdl_blas.py' --kernel 2>/dev/null) || core=
-  [ -z "\$core" ] || export OPENBLAS_CORETYPE=\$core
-fi
+# OPENBLAS_CORETYPE you set is kept unless this CPU cannot run it)
+core=\$('$venv/bin/python' -I -S '$site/jcdl_blas.py' --kernel) || core=
+[ -z "\$core" ] || export OPENBLAS_CORETYPE=\$core JCDL_OPENBLAS_CORETYPE=\$core
 exec -a "\$0" '$bindir/$t' "\$@"
 SH
   chmod 755 "$out.new"

@@ -8,8 +8,11 @@ model 207, where its sgemm runs at about a seventh of the right kernel's
 speed. The library reads OPENBLAS_CORETYPE in that same constructor, so the
 choice has to be in the environment before the library is loaded.
 
-The rule (``choose``):
-- a user's own OPENBLAS_CORETYPE (set, even empty) is never touched;
+The rule (``choose``, ``inherited``):
+- a user's own OPENBLAS_CORETYPE (set, even empty) is kept, unless it names
+  a kernel of ``NEEDS`` whose instruction sets the CPU lacks (OpenBLAS
+  would die of an illegal instruction): then the best that fits replaces
+  it, with a line on stderr saying so;
 - OpenBLAS's own choice is kept unless it is the fallback (``FALLBACKS``);
 - then the best kernel whose instruction sets are all in the CPU's flags
   (/proc/cpuinfo, where Linux lists only what it has enabled), so never a
@@ -47,6 +50,16 @@ LADDER = (
     ("Sandybridge", ("avx",)),
     ("Nehalem", ("sse4_2", "sse4_1", "ssse3")),
 )
+# the instruction sets of the kernels a user may name, lower case: the
+# ladder's, and those OpenBLAS runs on the same code (Zen: Haswell's;
+# Cooperlake: SkylakeX's and bf16). A name not here is left to OpenBLAS.
+NEEDS = dict((core.lower(), needs) for core, needs in LADDER)
+NEEDS.update(zen=NEEDS["haswell"],
+             cooperlake=NEEDS["skylakex"] + ("avx512_bf16",),
+             prescott=("pni",))  # SSE3 is "pni" in /proc/cpuinfo
+# set beside OPENBLAS_CORETYPE when jcdl set it, so that what the processes
+# it starts inherit is not taken for a setting of the user's
+MARK = "JCDL_OPENBLAS_CORETYPE"
 CACHE_VERSION = 1
 
 
@@ -86,6 +99,24 @@ def choose(own, flags):
     if best is None or best.lower() == own.lower():
         return None
     return best
+
+
+def inherited(value, flags):
+    """(kernel to set instead, the flags it lacks) for an OPENBLAS_CORETYPE
+    found in the environment: (None, ()) to keep it."""
+    needs = NEEDS.get(value.strip().lower())
+    missing = tuple(n for n in needs or () if n not in flags)
+    if not missing:
+        return None, ()
+    return best_for_flags(flags), missing
+
+
+def users_setting():
+    """The OPENBLAS_CORETYPE of the environment unless jcdl set it."""
+    value = os.environ.get(ENV)
+    if value is not None and value == os.environ.get(MARK):
+        return None
+    return value
 
 
 _PROBE = r"""
@@ -180,11 +211,20 @@ def own_choice(lib=LIB, sig=None, use_cache=True):
     return core
 
 
-def kernel():
-    """The OPENBLAS_CORETYPE to set now, or None (keep what is there)."""
+def kernel(warn=None, cpuinfo="/proc/cpuinfo"):
+    """The OPENBLAS_CORETYPE to set now, or None (keep what is there);
+    warn(line) is told why when a user's setting is replaced."""
+    sig, flags = cpu_info(cpuinfo)
     if ENV in os.environ:
-        return None
-    sig, flags = cpu_info()
+        if not flags:
+            return None
+        value = os.environ[ENV]
+        best, missing = inherited(value, flags)
+        if missing and warn:
+            instead = best or "OpenBLAS's own choice"
+            warn(f"jcdl: OPENBLAS_CORETYPE={value} needs {', '.join(missing)}"
+                 f", which this CPU lacks; using {instead} instead")
+        return best if missing else None
     if not flags:
         return None
     best = best_for_flags(flags)
@@ -193,13 +233,17 @@ def kernel():
     return choose(own_choice(sig=sig), flags)
 
 
-def apply():
+def apply(cpuinfo="/proc/cpuinfo"):
     """Sets OPENBLAS_CORETYPE in this process's environment when OpenBLAS's
-    own choice would be its fallback. Never raises (it runs at start-up)."""
+    own choice would be its fallback, or a user's names a kernel this CPU
+    cannot run. Never raises (it runs at start-up)."""
     try:
-        k = kernel()
+        k = kernel(lambda line: print(line, file=sys.stderr), cpuinfo)
         if k:
-            os.environ[ENV] = k
+            os.environ[ENV] = os.environ[MARK] = k
+        elif ENV in os.environ and inherited(
+                os.environ[ENV], cpu_info(cpuinfo)[1])[1]:
+            del os.environ[ENV]  # nothing fits: OpenBLAS's own choice
     except Exception:  # a start-up hook must not stop Python
         pass
 
@@ -207,15 +251,17 @@ def apply():
 def report():
     sig, flags = cpu_info()
     own = own_choice(sig=sig)
-    return {"user_setting": os.environ.get(ENV), "own_choice": own,
+    user = users_setting()
+    return {"user_setting": user, "own_choice": own,
             "best_for_flags": best_for_flags(flags),
-            "override": None if ENV in os.environ else choose(own, flags),
+            "override": (choose(own, flags) if user is None else
+                         inherited(user, flags)[0]),
             "cache": cache_path(sig)}
 
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--kernel"]:
-        print(kernel() or "")
+        print(kernel(warn=lambda line: print(line, file=sys.stderr)) or "")
     elif sys.argv[1:]:
         sys.exit("usage: jcdl_blas.py [--kernel]")
     else:

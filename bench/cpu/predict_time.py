@@ -1,13 +1,15 @@
 """The wall time of a one-image `jcdl predict` with the demo's small net
-(netgen --arch small: crop 32, K = 8, random weights, a 48 x 48 mean as
-`jcdl demo` stores its images), as a user types it: a new process each
-time, `.venv/bin/jcdl` with its BLAS start-up hook. Beside it, the same
-process count doing nothing but start Python, and `import caffe`.
+(netgen --arch small: crop 32, K = 8, random weights, a 36 x 36 mean and
+a 36 x 36 JPEG, as `jcdl demo` makes them), as a user types it: a new
+process each time, `.venv/bin/jcdl` with its BLAS start-up hook, warm
+(the files in the page cache). Beside it, as many bare Python starts and
+`import caffe`s.
 
     .venv/bin/python bench/cpu/predict_time.py [--runs 9] [--out bench/cpu]
 
 Writes OUT/predict.json: the median and best of each, in seconds, with the
-machine's load average. The three take turns, after one warm-up run each.
+machine, the BLAS kernel (tools/jcdl_blas.py's report) and the load
+average. The three take turns, after one warm-up run each.
 """
 import argparse
 import json
@@ -42,8 +44,8 @@ def make_model(tmp):
         for p in params:
             p.data[...] = rng.normal(0, 0.05, p.data.shape)
     net.save(str(tmp / "w.caffemodel"))
-    np.save(tmp / "mean.npy", np.full((3, 48, 48), 110, np.float32))
-    Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(
+    np.save(tmp / "mean.npy", np.full((3, 36, 36), 110, np.float32))
+    Image.fromarray(rng.integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(
         tmp / "img.jpg")
     return [str(VENV / "jcdl"), "predict", "--model", str(deploy),
             "--weights", str(tmp / "w.caffemodel"), "--mean",
@@ -64,9 +66,14 @@ def main(argv=None):
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         predict = make_model(tmp)
-        res = {"started": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "load_start": os.getloadavg()[0]}
         py = str(VENV / "python")
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from run import machine
+        res = {"machine": machine(), "blas": json.loads(subprocess.run(
+                   [py, str(ROOT / "tools" / "jcdl_blas.py")],
+                   capture_output=True, text=True, check=True).stdout),
+               "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "load_start": round(os.getloadavg()[0], 2)}
         # in turns, so that load hits all three alike
         cmds = {"jcdl_predict_one_image": predict,
                 "python_start": [py, "-c", "pass"],
@@ -80,7 +87,7 @@ def main(argv=None):
         for k, times in rows.items():
             res[k] = {"median_s": round(statistics.median(times), 3),
                       "best_s": round(min(times), 3), "runs": times}
-        res["load_end"] = os.getloadavg()[0]
+        res["load_end"] = round(os.getloadavg()[0], 2)
     out = Path(args.out) / "predict.json"
     out.write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps(res, indent=1))

@@ -606,7 +606,8 @@ def markdown(res, cases):
         f"({res['sgemm']['config'].split(' NO_')[0]}); jcdl_blas: OpenBLAS's "
         f"own choice `{res['blas_choice']['own_choice']}`, override "
         f"`{res['blas_choice']['override']}`"
-        f"{user_coretype(res['blas_choice'])}. sgemm 2048³: best of "
+        f"{user_coretype(res['blas_choice'], res['sgemm']['corename'])}. "
+        "sgemm 2048³: best of "
         f"{res['sgemm_tries']} GFLOP/s at the start (and "
         f"{res['sgemm_end']['gflops']['square_2048']} at the end), against a "
         f"measured fp32 peak of {res['peak']['gflops']} GFLOP/s "
@@ -625,7 +626,8 @@ def markdown(res, cases):
             f"**{r['caffe_speed_over_torch']}×** | "
             f"{', '.join(map(str, r['ratio_per_rep']))} | "
             f"{' / '.join(str(v) for v in r['ratio_at_equal_threads'].values())} |")
-    lines += ["", "Times: medians over the repetitions of each side's "
+    lines += [""] + goals_markdown(s, cases)
+    lines += ["Times: medians over the repetitions of each side's "
               "median iteration. Ratio: PyTorch's time over Caffe's (above 1: "
               "Caffe is faster), each side at its best thread count in that "
               "repetition; the last column compares equal thread counts "
@@ -652,14 +654,31 @@ def markdown(res, cases):
     return "\n".join(lines)
 
 
-def user_coretype(choice):
-    """The sentence on an OPENBLAS_CORETYPE the run inherited: jcdl keeps
-    it, so Caffe ran on that kernel."""
+def user_coretype(choice, ran):
+    """The words on an OPENBLAS_CORETYPE the run inherited (jcdl keeps one
+    the CPU can run) and the kernel Caffe's processes reported."""
     if choice.get("user_setting") is None:
-        return " (OPENBLAS_CORETYPE was not set)"
+        return " (no OPENBLAS_CORETYPE was set before the run)"
     return (f"; OPENBLAS_CORETYPE={choice['user_setting']} was set before "
-            "the run, and jcdl keeps a setting of the user's, so Caffe ran "
-            "on that kernel")
+            f"the run (kept by jcdl: a setting of the user's), and Caffe's "
+            f"processes ran `{ran}`")
+
+
+GOALS = {"sgemm_of_peak": 0.70, "caffe_speed_over_torch": 1.0}  # issue 13
+
+
+def goals_markdown(s, cases):
+    """Each goal, what the run measured and by how much it is met or
+    missed."""
+    rows = [("sgemm 2048³, share of the fp32 peak", GOALS["sgemm_of_peak"],
+             s["sgemm_of_peak"])] + [
+        (f"{c}: Caffe speed / PyTorch", GOALS["caffe_speed_over_torch"],
+         s[c]["caffe_speed_over_torch"]) for c in cases]
+    lines = ["| goal | at least | measured | |", "|---|---|---|---|"]
+    for name, goal, got in rows:
+        verdict = "met" if got >= goal else f"**missed: {got - goal:+.3f}**"
+        lines.append(f"| {name} | {goal} | {got} | {verdict} |")
+    return lines + [""]
 
 
 def layers_markdown(lay):

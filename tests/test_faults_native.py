@@ -5,7 +5,7 @@ folders made for a DB removed when convert_imageset_r fails; real
 SIGINT/SIGTERM/SIGHUP stopping convert_imageset_r with nothing left; a disk
 filled by another process in the moment between jcdl train releasing its
 reserve and Caffe writing the snapshot (patch 0013, a real tmpfs and a real
-second process); an LMDB truncated in place while Caffe, or one of
+second process), in binaryproto and HDF5 (0020); an LMDB truncated in place while Caffe, or one of
 jcdl's own python-lmdb readers, reads it (patch 0015). Every case: one line
 naming the file, a non-zero exit, no partial output, what was there before
 intact."""
@@ -328,14 +328,22 @@ print("iteration", solver.iter)
 """
 
 
+# the snapshot formats: solver_param's value, the files' suffixes
+FORMATS = {"binaryproto": (1, ".caffemodel", ".solverstate"),
+           "hdf5": (0, ".caffemodel.h5", ".solverstate.h5")}
+
+
 @needs_root
-def test_pycaffe_snapshot_on_a_full_disk_raises(work, disk):
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_pycaffe_snapshot_on_a_full_disk_raises(work, disk, fmt):
     """Caffe's own write, with no reserve in front of it: RuntimeError
     naming the file and the error, no abort, no partial file, the earlier
-    snapshot as it was."""
-    solver = small_solver(work, "pycaffe", 7, max_iter=10, snapshot=0,
-                          test_interval=100000)
-    set_solver(solver, snapshot_prefix=str(disk.path / "snap"))
+    snapshot as it was; in either format (HDF5: patch 0020)."""
+    code, model, state = FORMATS[fmt]
+    solver = small_solver(work, f"pycaffe_{fmt}", 7, max_iter=10,
+                          snapshot=0, test_interval=100000)
+    set_solver(solver, snapshot_prefix=str(disk.path / "snap"),
+               snapshot_format=code)
     ready = disk.path.parent / "ready"
     proc = subprocess.Popen(
         [str(BIN / "python"), "-c", PYCAFFE_SNAPSHOT, str(solver),
@@ -347,30 +355,80 @@ def test_pycaffe_snapshot_on_a_full_disk_raises(work, disk):
         assert time.time() < deadline
         time.sleep(0.05)
     before = disk.listing()
-    assert sorted(before) == ["snap_iter_1.caffemodel",
-                              "snap_iter_1.solverstate"]
+    assert sorted(before) == [f"snap_iter_1{model}", f"snap_iter_1{state}"]
     disk.fill(4096)
     out, err = proc.communicate("go\n", timeout=120)
     assert proc.returncode == 0, err
     assert out.splitlines() == [
-        f"RuntimeError: {disk.path}/snap_iter_2.caffemodel: cannot write "
-        f"({FULL})", "iteration 3"]
+        f"RuntimeError: {disk.path}/snap_iter_2{model}: cannot write "
+        f"({FULL})", "iteration 3"], err[-2000:]
     assert disk.listing() == before
+    assert "HDF5-DIAG" not in err   # HDF5's own error stack: not printed
+
+
+HDF5_ROUND_TRIP = """
+import os, sys
+os.environ["GLOG_minloglevel"] = "2"
+import caffe, numpy as np
+caffe.set_mode_cpu()
+solver = caffe.get_solver(sys.argv[1])
+solver.step(2)
+solver.snapshot()
+again = caffe.get_solver(sys.argv[1])
+again.restore(sys.argv[2] + "_iter_2.solverstate.h5")
+net = caffe.Net(sys.argv[3], sys.argv[2] + "_iter_2.caffemodel.h5",
+                caffe.TEST)
+for name, params in solver.net.params.items():
+    for i, p in enumerate(params):
+        assert np.array_equal(p.data, again.net.params[name][i].data), name
+        assert np.array_equal(p.data, net.params[name][i].data), name
+print("iter", again.iter)
+try:
+    solver.net.save_hdf5(sys.argv[2] + "/no/such/dir/w.h5")
+except RuntimeError as e:
+    print("RuntimeError:", e)
+"""
+
+
+def test_hdf5_snapshots_are_whole_and_restore(work, tmp_path):
+    """Patch 0020 keeps what HDF5 snapshots were: the weights and the
+    solver state written, restored as they were; only the files, no
+    temporaries; an unwritable path is one RuntimeError naming it."""
+    solver = small_solver(work, "hdf5_round_trip", 7, max_iter=10,
+                          snapshot=0, test_interval=100000)
+    prefix = tmp_path / "snap"
+    set_solver(solver, snapshot_prefix=str(prefix), snapshot_format=0)
+    deploy = solver.parent / "deploy.prototxt"
+    p = subprocess.run([str(BIN / "python"), "-c", HDF5_ROUND_TRIP,
+                        str(solver), str(prefix), str(deploy)], cwd=work,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.splitlines() == [
+        "iter 2", f"RuntimeError: {prefix}/no/such/dir/w.h5: cannot write "
+        "(No such file or directory)"]
+    assert sorted(f.name for f in tmp_path.iterdir()) == [
+        "snap_iter_2.caffemodel.h5",
+        "snap_iter_2.solverstate.h5"]
+    assert "HDF5-DIAG" not in p.stderr
 
 
 @needs_root
-def test_the_caffe_tool_on_a_full_disk_says_one_line(work, disk):
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_the_caffe_tool_on_a_full_disk_says_one_line(work, disk, fmt):
     """The stock caffe tool's snapshot on a full disk: its one error line
     naming the file, exit 1, not an abort."""
-    solver = small_solver(work, "tool", 7, max_iter=2, snapshot=2,
+    code, model, _ = FORMATS[fmt]
+    solver = small_solver(work, f"tool_{fmt}", 7, max_iter=2, snapshot=2,
                           test_interval=100000)
-    set_solver(solver, snapshot_prefix=str(disk.path / "snap"))
+    set_solver(solver, snapshot_prefix=str(disk.path / "snap"),
+               snapshot_format=code)
     disk.fill(4096)
     proc = run("caffe", "train", "--solver", solver, cwd=work, check=False,
                timeout=120)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "Check failed" not in proc.stderr
-    assert_clean_error(proc, f"{disk.path}/snap_iter_2.caffemodel: cannot "
+    assert "HDF5-DIAG" not in proc.stderr
+    assert_clean_error(proc, f"{disk.path}/snap_iter_2{model}: cannot "
                        f"write ({FULL})")
     assert disk.listing() == {}
 

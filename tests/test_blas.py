@@ -127,9 +127,12 @@ def test_a_user_kernel_the_cpu_cannot_run_is_replaced():
     assert jcdl_blas.inherited("cooperlake", SKX) == (
         "SkylakeX", ("avx512_bf16",))
     assert jcdl_blas.inherited("HASWELL", {"sse2", "avx"})[0] == "Sandybridge"
-    # one it can run, one OpenBLAS may not know, an empty one: kept
-    for value in ("Haswell", "Zen", "Prescott", "SapphireRapids", "Bogus",
-                  ""):
+    # FMA4 on a CPU without it: OpenBLAS's Piledriver kernel dies of SIGILL
+    assert jcdl_blas.inherited("Piledriver", AVX2) == ("Haswell",
+                                                       ("fma4", "xop"))
+    assert jcdl_blas.inherited("SapphireRapids", SKX)[0] == "SkylakeX"
+    # one it can run, one OpenBLAS does not know, an empty one: kept
+    for value in ("Haswell", "Zen", "Prescott", "Core2", "Bogus", ""):
         assert jcdl_blas.inherited(value, AVX2) == (None, ()), value
 
 
@@ -162,6 +165,56 @@ def test_apply_replaces_an_unrunnable_setting_and_says_so(
     jcdl_blas.apply(fake_cpuinfo(tmp_path, {"sse2"}))
     assert jcdl_blas.ENV not in os.environ
     assert "using OpenBLAS's own choice instead" in capsys.readouterr().err
+    # no flags to go by (no /proc): a user's setting stays
+    monkeypatch.setenv(jcdl_blas.ENV, "Haswell")
+    jcdl_blas.apply(str(tmp_path / "none"))
+    assert os.environ[jcdl_blas.ENV] == "Haswell"
+    assert capsys.readouterr().err == ""
+
+
+def test_the_wrappers_are_told_to_unset_or_keep(tmp_path, monkeypatch,
+                                                capsys):
+    """kernel(): "" (the wrappers' "-") unsets a setting nothing fits;
+    None keeps; jcdl's own, inherited by a process on a CPU that cannot
+    run it, is replaced without a word; applying twice changes nothing."""
+    warn = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    monkeypatch.setenv(jcdl_blas.ENV, "Haswell")
+    monkeypatch.delenv(jcdl_blas.MARK, raising=False)
+    assert jcdl_blas.kernel(cpuinfo=fake_cpuinfo(tmp_path, {"sse2"})) == ""
+    assert jcdl_blas.kernel(cpuinfo=fake_cpuinfo(tmp_path, AVX2)) is None
+    monkeypatch.setenv(jcdl_blas.ENV, "SkylakeX")
+    monkeypatch.setenv(jcdl_blas.MARK, "SkylakeX")
+    info = fake_cpuinfo(tmp_path, AVX2)
+    assert jcdl_blas.kernel(warn, info) == "Haswell"
+    assert capsys.readouterr().err == ""
+    for _ in range(2):
+        jcdl_blas.apply(info)
+        assert os.environ[jcdl_blas.ENV] == "Haswell"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="a bind mount over /proc/cpuinfo needs root")
+@pytest.mark.parametrize("flags, want", [
+    (AVX2, "Haswell"),   # replaced by the best that fits
+    ({"sse2"}, None)])   # nothing fits: unset, OpenBLAS's own choice
+def test_entry_points_replace_an_unrunnable_setting(reporter, tmp_path, flags,
+                                                    want):
+    """The caffe tool's wrapper and the Python hook alike, on a CPU that
+    says it has only these flags (a fake /proc/cpuinfo bound over the real
+    one in a mount namespace of their own)."""
+    info = fake_cpuinfo(tmp_path, flags)
+    want = want or jcdl_blas.probe()[0]
+    for cmd in ([str(BIN / "caffe"), "--version"],
+                [str(BIN / "python"), "-c", "import caffe"]):
+        p, cores = cores_of(
+            ["unshare", "-m", "sh", "-c",
+             'mount --bind "$0" /proc/cpuinfo && exec "$@"', info, *cmd],
+            reporter, {jcdl_blas.ENV: "SkylakeX"})
+        assert p.returncode == 0, p.stderr
+        assert set(cores.values()) == {want}, (cmd, cores, p.stderr)
+        lines = [l for l in p.stderr.splitlines() if l.startswith("jcdl:")]
+        assert len(lines) == 1 and "OPENBLAS_CORETYPE=SkylakeX needs " \
+            "avx512f" in lines[0], p.stderr
 
 
 def test_report_tells_jcdls_setting_from_the_users():

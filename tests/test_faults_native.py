@@ -412,6 +412,49 @@ def test_hdf5_snapshots_are_whole_and_restore(work, tmp_path):
     assert "HDF5-DIAG" not in p.stderr
 
 
+HDF5_RETRY = """
+import os, sys
+os.environ["GLOG_minloglevel"] = "2"
+import caffe
+from caffe import layers as L
+caffe.set_mode_cpu()
+def net(fc):
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 3]))
+    setattr(n, fc, L.InnerProduct(n.data, num_output=2))
+    path = os.path.join(sys.argv[1], fc.replace("/", "_") + ".prototxt")
+    with open(path, "w") as f:
+        f.write(str(n.to_proto()))
+    return caffe.Net(path, caffe.TEST)
+out = os.path.join(sys.argv[1], "w.h5")
+for n in (net("fc/1"), net("fc")):   # a name HDF5 takes for a path, then one
+    for _ in range(2):
+        try:
+            n.save_hdf5(out)
+            print("written")
+        except RuntimeError as e:
+            print("RuntimeError:", e)
+long = os.path.join(sys.argv[1], "b" * 250)
+net("fc").save_hdf5(long)
+print(sorted(os.listdir(sys.argv[1])) == sorted(
+    ["fc_1.prototxt", "fc.prototxt", "w.h5", "b" * 250]))
+"""
+
+
+def test_an_hdf5_write_that_failed_leaves_nothing_open(tmp_path):
+    """A failed HDF5 write (a layer name HDF5 cannot take) is one error
+    naming the group; the same name is written fine next, by a good net,
+    and a name of 250 bytes too (its temporary's name is cut to fit)."""
+    p = subprocess.run([str(BIN / "python"), "-c", HDF5_RETRY,
+                        str(tmp_path)], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    bad = (f"RuntimeError: {tmp_path}/w.h5: cannot write (HDF5: cannot make "
+           "the group fc/1)")
+    assert p.stdout.splitlines() == [bad, bad, "written", "written", "True"]
+    assert "HDF5-DIAG" not in p.stderr
+
+
 @needs_root
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_the_caffe_tool_on_a_full_disk_says_one_line(work, disk, fmt):

@@ -21,7 +21,11 @@ for t in "$@"; do
 # on the OpenBLAS kernel that fits this CPU (jcdl_blas.py; an
 # OPENBLAS_CORETYPE you set is kept unless this CPU cannot run it)
 core=\$('$venv/bin/python' -I -S '$site/jcdl_blas.py' --kernel) || core=
-[ -z "\$core" ] || export OPENBLAS_CORETYPE=\$core JCDL_OPENBLAS_CORETYPE=\$core
+case \$core in
+  '') ;;
+  -) unset OPENBLAS_CORETYPE JCDL_OPENBLAS_CORETYPE ;;
+  *) export OPENBLAS_CORETYPE=\$core JCDL_OPENBLAS_CORETYPE=\$core ;;
+esac
 exec -a "\$0" '$bindir/$t' "\$@"
 SH
   chmod 755 "$out.new"

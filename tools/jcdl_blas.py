@@ -31,7 +31,8 @@ tools in .venv/bin are small scripts that run ``python -I -S jcdl_blas.py
 work without site-packages.
 
     python jcdl_blas.py            what it sees and decides, as JSON
-    python jcdl_blas.py --kernel   the value to set, or nothing
+    python jcdl_blas.py --kernel   the value to set, "-" to unset it, or
+                                   nothing (keep what is there)
 """
 import os
 import sys
@@ -51,12 +52,20 @@ LADDER = (
     ("Nehalem", ("sse4_2", "sse4_1", "ssse3")),
 )
 # the instruction sets of the kernels a user may name, lower case: the
-# ladder's, and those OpenBLAS runs on the same code (Zen: Haswell's;
-# Cooperlake: SkylakeX's and bf16). A name not here is left to OpenBLAS.
+# ladder's, and the other x86-64 kernels of OpenBLAS 0.3.21 (Zen runs
+# Haswell's code; Cooperlake and SapphireRapids SkylakeX's and more; the
+# AMD Bulldozer family's use FMA4, Barcelona's and Bobcat's SSE4a). A name
+# not here (none OpenBLAS has, as of 0.3.21) is left to OpenBLAS.
 NEEDS = dict((core.lower(), needs) for core, needs in LADDER)
-NEEDS.update(zen=NEEDS["haswell"],
-             cooperlake=NEEDS["skylakex"] + ("avx512_bf16",),
-             prescott=("pni",))  # SSE3 is "pni" in /proc/cpuinfo
+NEEDS.update(
+    zen=NEEDS["haswell"],
+    cooperlake=NEEDS["skylakex"] + ("avx512_bf16",),
+    sapphirerapids=NEEDS["skylakex"] + ("avx512_bf16", "avx512_fp16"),
+    bulldozer=("avx", "fma4", "xop"), piledriver=("avx", "fma4", "xop"),
+    steamroller=("avx", "fma4", "xop"), excavator=("avx", "fma4", "xop"),
+    barcelona=("pni", "sse4a"), bobcat=("ssse3", "sse4a"),
+    penryn=("sse4_1",), dunnington=("sse4_1",), core2=("ssse3",),
+    atom=("ssse3",), prescott=("pni",))  # SSE3 is "pni" in /proc/cpuinfo
 # set beside OPENBLAS_CORETYPE when jcdl set it, so that what the processes
 # it starts inherit is not taken for a setting of the user's
 MARK = "JCDL_OPENBLAS_CORETYPE"
@@ -159,7 +168,7 @@ def _stat(path):
     try:
         st = os.stat(path)
         return f"{st.st_size} {st.st_mtime_ns} {st.st_ino}"
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in the name
         return "-"
 
 
@@ -168,8 +177,9 @@ def cache_path(sig, lib=LIB):
     name, the whole key on its first line), so that processes started with
     different LD_LIBRARY_PATHs do not take turns replacing one entry."""
     import zlib  # built in: costs nothing at start-up
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".cache")
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):  # the XDG rule: a relative one is ignored
+        base = os.path.join(os.path.expanduser("~"), ".cache")
     crc = zlib.crc32(_key(sig, lib).encode("utf-8", "surrogateescape"))
     return os.path.join(base, "jcdl", f"openblas-core-{crc:08x}")
 
@@ -194,7 +204,7 @@ def own_choice(lib=LIB, sig=None, use_cache=True):
             if (len(lines) >= 4 and lines[0] == key and lines[1]
                     and _stat(lines[2]) == lines[3]):
                 return lines[1]
-        except (OSError, UnicodeDecodeError):
+        except (OSError, ValueError):  # UnicodeDecodeError is one
             pass
     found = probe(lib)
     if found is None:
@@ -212,21 +222,21 @@ def own_choice(lib=LIB, sig=None, use_cache=True):
 
 
 def kernel(warn=None, cpuinfo="/proc/cpuinfo"):
-    """The OPENBLAS_CORETYPE to set now, or None (keep what is there);
-    warn(line) is told why when a user's setting is replaced."""
+    """The OPENBLAS_CORETYPE to set now; "" to unset it (one this CPU
+    cannot run, where nothing else fits either); None to keep what is
+    there. warn(line) is told why a user's setting goes. Site runs the
+    venv's .pth twice at each start: a second call changes nothing."""
     sig, flags = cpu_info(cpuinfo)
-    if ENV in os.environ:
-        if not flags:
-            return None
-        value = os.environ[ENV]
+    if not flags:
+        return None  # nothing known of the CPU: nothing changed
+    if ENV in os.environ:  # a user's, or jcdl's own from a parent process
+        value = os.environ[ENV]  # (kept alike, so that this is idempotent)
         best, missing = inherited(value, flags)
-        if missing and warn:
+        if missing and warn and users_setting() is not None:
             instead = best or "OpenBLAS's own choice"
             warn(f"jcdl: OPENBLAS_CORETYPE={value} needs {', '.join(missing)}"
                  f", which this CPU lacks; using {instead} instead")
-        return best if missing else None
-    if not flags:
-        return None
+        return (best or "") if missing else None
     best = best_for_flags(flags)
     if best is None:
         return None  # no better kernel to offer: no need to probe
@@ -241,9 +251,9 @@ def apply(cpuinfo="/proc/cpuinfo"):
         k = kernel(lambda line: print(line, file=sys.stderr), cpuinfo)
         if k:
             os.environ[ENV] = os.environ[MARK] = k
-        elif ENV in os.environ and inherited(
-                os.environ[ENV], cpu_info(cpuinfo)[1])[1]:
-            del os.environ[ENV]  # nothing fits: OpenBLAS's own choice
+        elif k == "":  # nothing fits: OpenBLAS's own choice
+            os.environ.pop(ENV, None)
+            os.environ.pop(MARK, None)
     except Exception:  # a start-up hook must not stop Python
         pass
 
@@ -260,8 +270,9 @@ def report():
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--kernel"]:
-        print(kernel(warn=lambda line: print(line, file=sys.stderr)) or "")
+    if sys.argv[1:] == ["--kernel"]:  # the wrappers': "-" is to unset it
+        k = kernel(warn=lambda line: print(line, file=sys.stderr))
+        print("-" if k == "" else k or "")
     elif sys.argv[1:]:
         sys.exit("usage: jcdl_blas.py [--kernel]")
     else:

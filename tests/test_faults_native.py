@@ -434,17 +434,18 @@ for n in (net("fc/1"), net("fc")):   # a name HDF5 takes for a path, then one
             print("written")
         except RuntimeError as e:
             print("RuntimeError:", e)
-long = os.path.join(sys.argv[1], "b" * 250)
-net("fc").save_hdf5(long)
+net("fc").save_hdf5(os.path.join(sys.argv[1], "b" * 250))
+net("fc").save(os.path.join(sys.argv[1], "c" * 250))   # binaryproto (0013)
 print(sorted(os.listdir(sys.argv[1])) == sorted(
-    ["fc_1.prototxt", "fc.prototxt", "w.h5", "b" * 250]))
+    ["fc_1.prototxt", "fc.prototxt", "w.h5", "b" * 250, "c" * 250]))
 """
 
 
 def test_an_hdf5_write_that_failed_leaves_nothing_open(tmp_path):
     """A failed HDF5 write (a layer name HDF5 cannot take) is one error
     naming the group; the same name is written fine next, by a good net,
-    and a name of 250 bytes too (its temporary's name is cut to fit)."""
+    and names of 250 bytes too, HDF5 and binaryproto (their temporaries'
+    names are cut to fit)."""
     p = subprocess.run([str(BIN / "python"), "-c", HDF5_RETRY,
                         str(tmp_path)], capture_output=True, text=True,
                        timeout=120)

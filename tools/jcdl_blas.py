@@ -52,10 +52,10 @@ LADDER = (
     ("Nehalem", ("sse4_2", "sse4_1", "ssse3")),
 )
 # the instruction sets of the kernels a user may name, lower case: the
-# ladder's, and the other x86-64 kernels of OpenBLAS 0.3.21 (Zen runs
-# Haswell's code; Cooperlake and SapphireRapids SkylakeX's and more; the
-# AMD Bulldozer family's use FMA4, Barcelona's and Bobcat's SSE4a). A name
-# not here (none OpenBLAS has, as of 0.3.21) is left to OpenBLAS.
+# ladder's, and other x86-64 kernels of OpenBLAS 0.3.21 (Zen runs Haswell's
+# code; Cooperlake and SapphireRapids SkylakeX's and more; the AMD
+# Bulldozer family's use FMA4, Barcelona's and Bobcat's SSE4a). A name not
+# here (an unknown one is OpenBLAS's own choice for it) is left to OpenBLAS.
 NEEDS = dict((core.lower(), needs) for core, needs in LADDER)
 NEEDS.update(
     zen=NEEDS["haswell"],

@@ -68,10 +68,8 @@ def main(argv=None):
         predict = make_model(tmp)
         py = str(VENV / "python")
         sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from run import machine
-        res = {"machine": machine(), "blas": json.loads(subprocess.run(
-                   [py, str(ROOT / "tools" / "jcdl_blas.py")],
-                   capture_output=True, text=True, check=True).stdout),
+        from run import blas_choice, machine
+        res = {"machine": machine(), "blas": blas_choice(),
                "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                "load_start": round(os.getloadavg()[0], 2)}
         # in turns, so that load hits all three alike

@@ -62,7 +62,9 @@ def wall(cmd):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=9)
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent))
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent),
+                    help="where predict.json goes (default bench/cpu: the "
+                         "committed one is replaced)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         predict = make_model(tmp)
@@ -86,6 +88,7 @@ def main(argv=None):
             res[k] = {"median_s": round(statistics.median(times), 3),
                       "best_s": round(min(times), 3), "runs": times}
         res["load_end"] = round(os.getloadavg()[0], 2)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     out = Path(args.out) / "predict.json"
     out.write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps(res, indent=1))

@@ -462,11 +462,16 @@ def blas_choice():
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--out", default=str(HERE))
-    ap.add_argument("--cases", default=",".join(CASES))
-    ap.add_argument("--worker", choices=("caffe", "torch"))
-    ap.add_argument("--case", choices=list(CASES))
+    ap.add_argument("--reps", type=int, default=3,
+                    help="repetitions of every case (default 3)")
+    ap.add_argument("--out", default=str(HERE),
+                    help="where results.json and results.md go (default "
+                         "bench/cpu: the committed ones are replaced)")
+    ap.add_argument("--cases", default=",".join(CASES),
+                    help="comma-separated, of " + ", ".join(CASES))
+    ap.add_argument("--worker", choices=("caffe", "torch"),
+                    help=argparse.SUPPRESS)  # the run's own processes
+    ap.add_argument("--case", choices=list(CASES), help=argparse.SUPPRESS)
     ap.add_argument("--write-nets", metavar="DIR", help=argparse.SUPPRESS)
     ap.add_argument("--layer-times", choices=("caffe", "torch"),
                     help=argparse.SUPPRESS)
@@ -538,6 +543,7 @@ def main(argv=None):
     res["profile"] = profile()
     res["layers"] = layer_compare()
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
     (out / "results.md").write_text(markdown(res, cases))
     print(markdown(res, cases))
